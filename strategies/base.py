@@ -1,0 +1,161 @@
+"""The strategy interface: a config dataclass, a class with hook methods, and a registry entry.
+
+The training loop (benchmark/runner.py) calls these hooks and never branches on a strategy's name:
+
+    prepare_model      once, before anything else: add adapters, freeze weights, register forward hooks
+    stages             how the stream is cut into training stages (one per task; MTL: all tasks at once)
+    before_task        a stage starts (fresh adapter, buffer bookkeeping, reference statistics)
+    train_batch        may replace the batch (replay mixes stored examples in)
+    loss               may add terms to the answer cross-entropy (regularisers, replay losses)
+    after_backward     gradients exist (MIGU masks them)
+    before/after_optimizer_step
+    after_task         the stage is trained (buffer fill, freezing)
+    eval_model         a context manager that sets the model up for evaluation (I-LoRA's slow learner)
+    state_dict / load_state_dict   tensors (saved with safetensors) and JSON metadata for resume
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Protocol
+
+import torch
+
+
+class Strategy(Protocol):
+    name: ClassVar[str]
+    needs_hidden_states: bool
+
+    def prepare_model(self, model, ctx): ...
+    def stages(self, tasks: list) -> list[list]: ...
+    def before_task(self, ctx) -> None: ...
+    def train_batch(self, ctx, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def loss(self, ctx, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
+    def after_backward(self, ctx) -> None: ...
+    def before_optimizer_step(self, ctx) -> None: ...
+    def after_optimizer_step(self, ctx) -> None: ...
+    def after_task(self, ctx) -> None: ...
+    def eval_model(self, ctx) -> contextlib.AbstractContextManager: ...
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], ctx) -> None: ...
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA settings shared by the LoRA-based strategies (defaults: O-LoRA/MIGU code, LLaMA targets)."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class Hooks:
+    """No-op defaults for every hook, so that a strategy writes only the hooks it needs."""
+
+    needs_hidden_states = False
+
+    def prepare_model(self, model, ctx):
+        return model
+
+    def stages(self, tasks: list) -> list[list]:
+        return [[t] for t in tasks]
+
+    def before_task(self, ctx) -> None:
+        pass
+
+    def train_batch(self, ctx, batch):
+        return batch
+
+    def loss(self, ctx, batch, outputs, loss):
+        return loss
+
+    def after_backward(self, ctx) -> None:
+        pass
+
+    def before_optimizer_step(self, ctx) -> None:
+        pass
+
+    def after_optimizer_step(self, ctx) -> None:
+        pass
+
+    def after_task(self, ctx) -> None:
+        pass
+
+    @contextlib.contextmanager
+    def eval_model(self, ctx) -> Iterator[None]:
+        yield
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {}
+
+    def load_state_dict(self, tensors, meta, ctx) -> None:
+        pass
+
+
+class StrategyConfigError(ValueError):
+    pass
+
+
+_REGISTRY: dict[str, tuple[type, Callable[..., Any]]] = {}
+
+
+def register(name: str, config_cls: type):
+    """Class decorator: `@register("olora", OLoRAConfig)` makes `strategy=olora` available."""
+
+    def wrap(cls):
+        if name in _REGISTRY and _REGISTRY[name][1] is not cls:
+            raise StrategyConfigError(f"strategy {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = (config_cls, cls)
+        return cls
+
+    return wrap
+
+
+def registered() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _build_dataclass(cls: type, values: dict[str, Any], where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise StrategyConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for key, val in values.items():
+        default = names[key].default_factory() if names[key].default_factory is not dataclasses.MISSING else names[key].default
+        if dataclasses.is_dataclass(default) and isinstance(val, dict):
+            val = _build_dataclass(type(default), val, f"{where}.{key}")
+        elif isinstance(default, bool) and not isinstance(val, bool):
+            raise StrategyConfigError(f"{where}.{key}: expected true/false, got {val!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and val is not None:
+            if not isinstance(val, (int, float)) or isinstance(val, bool):
+                raise StrategyConfigError(f"{where}.{key}: expected a number, got {val!r}")
+        kwargs[key] = val
+    return cls(**kwargs)
+
+
+def build(cfg: dict[str, Any]):
+    """A strategy instance from its config mapping: {'name': ..., 'module'?: ..., <fields of its config dataclass>}."""
+    import importlib
+
+    import strategies  # noqa: F401  (registers the built-in strategies)
+
+    cfg = dict(cfg)
+    module = cfg.pop("module", None)
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise StrategyConfigError(f"strategy module {module!r} could not be imported: {e}") from None
+    name = cfg.pop("name", None)
+    if name not in _REGISTRY:
+        raise StrategyConfigError(f"unknown strategy {name!r}; registered: {', '.join(registered())}")
+    config_cls, cls = _REGISTRY[name]
+    return cls(_build_dataclass(config_cls, cfg, f"strategy {name}"))
+
+
+def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,93 @@
+"""Replay memory shared by replay and I-LoRA: reservoir (Vitter's Algorithm R), per-task ring, or fixed fraction.
+
+Stored items are tokenized examples (benchmark.data.Encoded). Replayed samples are never written back, and pads
+of replayed rows carry the ignore label (both were bugs of LLMCL's ER/I-LoRA).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from benchmark.data import Encoded
+
+
+@dataclass
+class BufferConfig:
+    policy: str = "reservoir"  # reservoir | per_task | fraction
+    size: int = 500  # M slots (reservoir, per_task)
+    fraction: float = 0.02  # fraction policy: int(fraction * |train|) examples kept from each finished task
+
+
+class ReplayBuffer:
+    def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int):
+        if cfg.policy not in ("reservoir", "per_task", "fraction"):
+            raise ValueError(f"buffer policy must be reservoir, per_task or fraction, got {cfg.policy!r}")
+        self.cfg, self.n_tasks = cfg, n_tasks
+        self.rng = random.Random(seed)
+        self.slots: list[Encoded | None] = [] if cfg.policy == "fraction" else [None] * cfg.size
+        self.seen = 0  # reservoir: examples offered so far
+        self.seen_in_task: dict[int, int] = {}
+
+    def items(self) -> list[Encoded]:
+        return [s for s in self.slots if s is not None]
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+    def add(self, examples: list[Encoded], task_index: int) -> None:
+        """Offer examples one by one (reservoir / per_task); the fraction policy uses add_task instead."""
+        for ex in examples:
+            if self.cfg.policy == "reservoir":
+                if self.seen < self.cfg.size:
+                    self.slots[self.seen] = ex
+                else:
+                    j = self.rng.randint(0, self.seen)  # uniform over {0..n}
+                    if j < self.cfg.size:
+                        self.slots[j] = ex
+                self.seen += 1
+            elif self.cfg.policy == "per_task":
+                per = max(self.cfg.size // self.n_tasks, 1)
+                n = self.seen_in_task.get(task_index, 0)
+                slot = (n % per) + task_index * per
+                if slot < len(self.slots):
+                    self.slots[slot] = ex
+                self.seen_in_task[task_index] = n + 1
+
+    def add_task(self, examples: list[Encoded]) -> None:
+        """fraction policy: keep int(fraction * |train|) random examples of a finished task (MIGU's 2%)."""
+        k = int(self.cfg.fraction * len(examples))
+        self.slots += self.rng.sample(examples, k)
+
+    def sample(self, k: int) -> list[Encoded]:
+        """k stored examples drawn uniformly without replacement (all of them when fewer are stored)."""
+        pool = self.items()
+        return self.rng.sample(pool, min(k, len(pool)))
+
+    # -- resume: the buffer as tensors plus JSON --
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors, index = {}, []
+        for i, s in enumerate(self.slots):
+            if s is None:
+                index.append(None)
+                continue
+            tensors[f"{prefix}{i}.prompt"] = torch.tensor(s.prompt, dtype=torch.int64)
+            tensors[f"{prefix}{i}.answer"] = torch.tensor(s.answer, dtype=torch.int64)
+            index.append([s.label, s.task])
+        st = self.rng.getstate()
+        return tensors, {"index": index, "seen": self.seen, "seen_in_task": {str(k): v for k, v in self.seen_in_task.items()},
+                         "rng": [st[0], list(st[1]), st[2]]}
+
+    def load(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.slots = []
+        for i, entry in enumerate(meta["index"]):
+            if entry is None:
+                self.slots.append(None)
+                continue
+            p, a = tensors[f"{prefix}{i}.prompt"], tensors[f"{prefix}{i}.answer"]
+            self.slots.append(Encoded(tuple(p.tolist()), tuple(a.tolist()), int(entry[0]), entry[1]))
+        self.seen = meta["seen"]
+        self.seen_in_task = {int(k): v for k, v in meta["seen_in_task"].items()}
+        v, st, g = meta["rng"]
+        self.rng.setstate((v, tuple(st), g))

@@ -1,0 +1,149 @@
+"""GeRe (Zhang et al., 2025): replay a fixed set of general texts, constraining their activation states.
+
+Reference pass, once, with the base model (before the first task, so the thresholds always come from the base
+model and never from a later task's model): last-layer hidden states H* (after the final norm) on the N general
+samples; per-dimension mu and sigma over all real tokens; pos = mu + k*sigma, neg = mu - k*sigma (k = 1).
+Each reference activation is labelled pos (H* >= pos), neg (H* <= neg) or neutral.
+Threshold-based margin (TM) loss on the current hidden states h of the same samples:
+    pos: relu(pos - h)   neg: relu(h - neg)   neutral: relu(h - pos) + relu(neg - h)
+    L_TM = sum(violations over real tokens) / count(non-zero violations)     (0 when nothing violates)
+Total: L = (CE_task + CE_general) / 2 + w * L_TM, with w a number (100 by default) or "dy" (w = CE/L_TM, detached).
+`loss` selects the alternatives the paper compares: tm (GeRe), ce (label fitting only, "BaselineR"),
+kl (logit imitation, temperature 2, summed over the vocabulary, mean over tokens), l1 / l2 (feature imitation).
+Each step replays `per_batch` general samples drawn from the fixed set (the code mixes the 1000 samples into
+the task data instead; the expected replay share is the same when per_batch/B = N/(N + N_task)).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.data import IGNORE, collate_lm
+from strategies.base import Hooks, LoraSettings, register
+from strategies.lora import apply_adapter
+
+
+@dataclass
+class GeReConfig:
+    adapter: str = "lora"  # lora | full
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    n_samples: int = 1000  # the fixed general set (the paper: 1000 SlimPajama lines)
+    max_tokens: int = 128  # general sample length (the code: 563)
+    per_batch: int = 2  # general samples replayed with every task batch
+    loss: str = "tm"  # tm | ce | kl | l1 | l2
+    weight: Any = 100.0  # w: a number or "dy"
+    sigma: float = 1.0
+    temperature: float = 2.0  # kl only
+
+
+def thresholds(h: torch.Tensor, mask: torch.Tensor, k: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mu +- k*sigma over the real tokens of reference states h [N, L, d] (population std)."""
+    flat = h[mask.bool()]
+    mu, sd = flat.mean(0), flat.std(0, unbiased=False)
+    return mu + k * sd, mu - k * sd
+
+
+def margin_labels(h_ref: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """+1 where the reference activation is at/above pos, -1 at/below neg, 0 in between."""
+    return (h_ref >= pos).to(torch.int8) - (h_ref <= neg).to(torch.int8)
+
+
+def tm_loss(h: torch.Tensor, labels: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean size of the margin violations (over non-zero violations only), masked to real tokens."""
+    v_pos = F.relu(pos - h)
+    v_neg = F.relu(h - neg)
+    v_mid = F.relu(h - pos) + F.relu(neg - h)
+    viol = torch.where(labels > 0, v_pos, torch.where(labels < 0, v_neg, v_mid)) * mask[..., None].to(h.dtype)
+    nonzero = (viol > 0).sum()
+    return viol.sum() / nonzero.clamp(min=1)
+
+
+@register("gere", GeReConfig)
+class GeRe(Hooks):
+    needs_hidden_states = False  # the general batch gets its own forward
+
+    def __init__(self, cfg: GeReConfig):
+        if cfg.loss not in ("tm", "ce", "kl", "l1", "l2"):
+            raise ValueError(f"gere.loss must be tm, ce, kl, l1 or l2, got {cfg.loss!r}")
+        if not (cfg.weight == "dy" or isinstance(cfg.weight, (int, float))):
+            raise ValueError(f"gere.weight must be a number or 'dy', got {cfg.weight!r}")
+        self.cfg = cfg
+        self.ref: dict[str, torch.Tensor] | None = None
+
+    def prepare_model(self, model, ctx):
+        from task_streams import general
+
+        texts = general.passages("replay", self.cfg.n_samples)
+        self.seqs = ctx.encoder.encode_texts(texts, self.cfg.max_tokens)
+        # collated once: replay batches are row slices, aligned with the stored reference states
+        self.batch = collate_lm(self.seqs, ctx.tokenizer.pad_token_id)
+        self.rng = random.Random(ctx.seed)
+        return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
+
+    @torch.no_grad()
+    def _reference(self, ctx) -> None:
+        """H* of the base model: the first task has not trained yet when this runs."""
+        batch = self.batch
+        was = ctx.model.training
+        ctx.model.eval()
+        hs = []
+        for i in range(0, len(self.seqs), 16):
+            sub = {k: v[i : i + 16] for k, v in batch.items()}
+            hs.append(ctx.forward(sub, model=ctx.model, output_hidden_states=True).hidden_states[-1].float().cpu())
+        ctx.model.train(was)
+        h, mask = torch.cat(hs), batch["attention_mask"]
+        pos, neg = thresholds(h, mask, self.cfg.sigma)
+        self.ref = {"h": h, "mask": mask, "labels": margin_labels(h, pos, neg), "pos": pos, "neg": neg,
+                    "lm_head": ctx.model.get_output_embeddings().weight.detach().float().cpu().clone()}
+
+    def before_task(self, ctx) -> None:
+        if self.ref is None:
+            self._reference(ctx)
+
+    def _general_batch(self) -> tuple[list[int], dict[str, torch.Tensor]]:
+        idx = sorted(self.rng.sample(range(len(self.seqs)), min(self.cfg.per_batch, len(self.seqs))))
+        return idx, {k: v[idx] for k, v in self.batch.items()}
+
+    def loss(self, ctx, batch, outputs, loss):
+        idx, gb = self._general_batch()
+        out = ctx.forward(gb, output_hidden_states=True)
+        dev = out.logits.device
+        labels = gb["labels"].to(dev)
+        logits = out.logits[:, :-1].float()
+        gen_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+        ctx.log("gere_general_ce", gen_ce)
+        ce_total = (loss + gen_ce) / 2
+        if self.cfg.loss == "ce":
+            return ce_total
+        h = out.hidden_states[-1].float()
+        mask = gb["attention_mask"].to(dev)
+        ref_h = self.ref["h"][idx].to(dev)
+        if self.cfg.loss == "tm":
+            term = tm_loss(h, self.ref["labels"][idx].to(dev), self.ref["pos"].to(dev), self.ref["neg"].to(dev), mask)
+        elif self.cfg.loss in ("l1", "l2"):
+            diff = (h - ref_h).abs() if self.cfg.loss == "l1" else (h - ref_h) ** 2
+            term = (diff * mask[..., None]).sum() / (mask.sum() * h.shape[-1])
+        else:  # kl: reference logits from the stored base states and the base model's output head
+            T = self.cfg.temperature
+            ref_logits = ref_h @ self.ref["lm_head"].to(dev).T
+            p_ref = F.log_softmax(ref_logits / T, -1)
+            p_cur = F.log_softmax(out.logits.float() / T, -1)
+            kl = (p_ref.exp() * (p_ref - p_cur)).sum(-1)
+            term = (kl * mask).sum() / mask.sum()
+        ctx.log(f"gere_{self.cfg.loss}", term)
+        w = (ce_total.detach() / term.detach().clamp(min=1e-12)) if self.cfg.weight == "dy" else float(self.cfg.weight)
+        return ce_total + w * term
+
+    def state_dict(self):
+        st = self.rng.getstate()
+        tensors = {f"ref/{k}": v for k, v in (self.ref or {}).items()}
+        return tensors, {"rng": [st[0], list(st[1]), st[2]]}
+
+    def load_state_dict(self, tensors, meta, ctx) -> None:
+        self.ref = {k[len("ref/"):]: v for k, v in tensors.items() if k.startswith("ref/")} or None
+        v, st, g = meta["rng"]
+        self.rng.setstate((v, tuple(st), g))

@@ -1,0 +1,19 @@
+"""SeqLoRA: one fixed-size LoRA trained through the whole stream; nothing merged, nothing frozen (O-LoRA #29)."""
+from dataclasses import dataclass, field
+
+from strategies.base import Hooks, LoraSettings, register
+from strategies.lora import add_lora
+
+
+@dataclass
+class SeqLoRAConfig:
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+@register("seq_lora", SeqLoRAConfig)
+class SeqLoRA(Hooks):
+    def __init__(self, cfg: SeqLoRAConfig):
+        self.cfg = cfg
+
+    def prepare_model(self, model, ctx):
+        return add_lora(model, self.cfg.lora, "default")
