@@ -33,36 +33,71 @@ def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.T
     return b["input_ids"].to(device), b["attention_mask"].to(device), b["position_ids"].to(device)
 
 
-def _forward_tail(model, ids, mask, pos, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions only: the vocabulary projection of the prompt is never computed."""
-    try:
-        return model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
-    except TypeError:  # models without logits_to_keep
-        return model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -keep:]
-
-
 def _shard(items: list, rank: int, world: int) -> list[int]:
     return [i for i in range(len(items)) if i % world == rank]
+
+
+def _token_logp(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the full log-softmax tensor."""
+    logits = logits.float()
+    return logits.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@torch.inference_mode()
+def loglik_scores_pairs(model, examples: list[Encoded], answers: list[tuple[int, ...]], pad_id: int, batch_size: int,
+                        device, normalize: bool = False) -> torch.Tensor:
+    """Reference implementation: one full forward per (example, label) pair. Slow; used to check the fast path."""
+    scores = torch.empty(len(examples), len(answers))
+    for e, ex in enumerate(examples):
+        seqs = [ex.prompt + a for a in answers]
+        ids, mask, pos = _left_pad(seqs, pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+        for l, a in enumerate(answers):
+            n = len(a)
+            tok = torch.tensor(a, device=logits.device)
+            lp = _token_logp(logits[l, -n - 1 : -1], tok)
+            scores[e, l] = lp.mean() if normalize else lp.sum()
+    return scores
 
 
 @torch.inference_mode()
 def loglik_scores(model, examples: list[Encoded], answers: list[tuple[int, ...]], pad_id: int, batch_size: int,
                   device, normalize: bool = False, progress: str | None = None) -> torch.Tensor:
-    """[n_examples, n_labels] summed (or mean) log-probability of each label's answer tokens after the prompt."""
-    pairs = [(e, l) for e in range(len(examples)) for l in range(len(answers))]
-    seqs = [examples[e].prompt + answers[l] for e, l in pairs]
-    scores = torch.empty(len(examples), len(answers))
-    batches = length_bucketed_batches([len(s) for s in seqs], batch_size, seed=0, shuffle=False, window=10**9)
+    """[n_examples, n_labels] summed (or mean) log-probability of each label's answer tokens after the prompt.
+
+    Each prompt is forwarded once; its KV cache is repeated for the labels, which are then scored together
+    (for dbpedia's 14 labels this is ~10x fewer tokens than one forward per example-label pair).
+    """
+    n_lab = len(answers)
+    width = max(len(a) for a in answers)
+    ans = torch.full((n_lab, width), pad_id, dtype=torch.long)
+    ans_mask = torch.zeros((n_lab, width), dtype=torch.long)
+    for l, a in enumerate(answers):
+        ans[l, : len(a)] = torch.tensor(a)
+        ans_mask[l, : len(a)] = 1
+    ans, ans_mask = ans.to(device), ans_mask.to(device)
+    scores = torch.empty(len(examples), n_lab)
+    batches = length_bucketed_batches([len(e.prompt) for e in examples], batch_size, seed=0, shuffle=False, window=10**9)
     for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
-        ids, mask, pos = _left_pad([seqs[i] for i in batch], pad_id, device)
-        keep = max(len(answers[pairs[i][1]]) for i in batch) + 1
-        logp = torch.log_softmax(_forward_tail(model, ids, mask, pos, keep).float(), dim=-1)
-        for row, i in enumerate(batch):
-            e, l = pairs[i]
-            ans = torch.tensor(answers[l], device=logp.device)
-            # logits at position j predict token j+1: the answer's n tokens are predicted by the n positions before the end
-            tok_logp = logp[row, keep - 1 - len(ans) : keep - 1].gather(-1, ans[:, None]).squeeze(-1)
-            scores[e, l] = tok_logp.mean() if normalize else tok_logp.sum()
+        ids, mask, pos = _left_pad([examples[i].prompt for i in batch], pad_id, device)
+        B = len(batch)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        # the prompt's last position predicts every answer's first token
+        lp = torch.zeros(B, n_lab, width, device=device)
+        lp[:, :, 0] = _token_logp(out.logits[:, -1:].expand(B, n_lab, -1), ans[None, :, 0].expand(B, -1))
+        if width > 1:
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n_lab)
+            cont = ans[:, :-1].repeat(B, 1)  # row b*n_lab + l: label l after prompt b
+            cont_mask = torch.cat([mask.repeat_interleave(n_lab, 0), ans_mask[:, :-1].repeat(B, 1)], dim=1)
+            start = mask.sum(-1).repeat_interleave(n_lab)[:, None]
+            cont_pos = start + torch.arange(width - 1, device=device)[None]
+            logits = model(input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache).logits
+            lp[:, :, 1:] = _token_logp(logits, ans[:, 1:].repeat(B, 1)).view(B, n_lab, width - 1)
+        lp = lp * ans_mask[None]
+        summed = lp.sum(-1)
+        res = summed / ans_mask.sum(-1)[None] if normalize else summed
+        scores[batch] = res.float().cpu()
     return scores
 
 

@@ -211,8 +211,8 @@ def _general_sequences(ctx: RunContext) -> list[tuple[int, ...]]:
     return ctx.encoder.encode_texts(texts, ctx.cfg.eval.general_tokens)
 
 
-def run(cfg: RunConfig) -> Path | None:
-    """One run; returns the record path (on the main process)."""
+def run(cfg: RunConfig, strategy=None) -> Path | None:
+    """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
     cfg_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
     tcfg = cfg.trainer
     if tcfg.num_threads:
@@ -223,7 +223,7 @@ def run(cfg: RunConfig) -> Path | None:
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
     t_start = time.perf_counter()
 
-    strategy = build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
+    strategy = strategy or build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
     data_cfg = DataConfig(**dataclasses.asdict(cfg.data)) if dataclasses.is_dataclass(cfg.data) else DataConfig(**cfg_dict["data"])
     stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)

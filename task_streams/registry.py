@@ -93,14 +93,15 @@ def available_streams() -> list[str]:
 
 
 def resolve_data_dir(data_dir: str | None = None) -> Path:
-    """data_dir argument, then $CLBENCH_DATA, then ../shared/data/cl_benchmark beside the checkout or the cwd."""
-    candidates = [data_dir, os.environ.get("CLBENCH_DATA")]
-    candidates += [str(REPO_ROOT.parent / "shared/data/cl_benchmark"), "../shared/data/cl_benchmark", "data/cl_benchmark"]
+    """data_dir if given, else $CLBENCH_DATA if set (either must hold the release), else the first of
+    ../shared/data/cl_benchmark beside the checkout, the same relative to the cwd, and ./data/cl_benchmark."""
+    explicit = data_dir or os.environ.get("CLBENCH_DATA")
+    candidates = [explicit] if explicit else [str(REPO_ROOT.parent / "shared/data/cl_benchmark"),
+                                              "../shared/data/cl_benchmark", "data/cl_benchmark"]
     for c in candidates:
-        if c and (Path(c) / "instruction_config.json").is_file():
+        if (Path(c) / "instruction_config.json").is_file():
             return Path(c).resolve()
-    where = data_dir or os.environ.get("CLBENCH_DATA") or str(REPO_ROOT.parent / "shared/data/cl_benchmark")
-    raise TaskDataError(f"benchmark data folder not found at {where}: {DATA_HINT}")
+    raise TaskDataError(f"benchmark data folder not found at {candidates[0]}: {DATA_HINT}")
 
 
 class _Files:
@@ -211,8 +212,15 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
             p = files.path(rel)
             if p is None:
                 raise TaskDataError(f"task {name!r}: split file {files.describe(rel)} is missing: {DATA_HINT}")
-            raw[split] = _validate_records(_load_json(p), labels, p)
-            prov[split] = {"source": files.describe(rel), "records": len(raw[split])}
+            records = _load_json(p)
+            prov[split] = {"source": files.describe(rel)}
+            if spec.get("drop_labels") and isinstance(records, list):
+                kept = [r for r in records if not (isinstance(r, dict) and r.get("label") in spec["drop_labels"])]
+                if len(kept) < len(records):
+                    prov[split]["dropped"] = f"{len(records) - len(kept)} records with label(s) {spec['drop_labels']}"
+                records = kept
+            raw[split] = _validate_records(records, labels, p)
+            prov[split]["records"] = len(raw[split])
     for split in ("train", "test"):  # derived splits after the file-backed ones exist
         rule = spec["splits"][split]
         if "derive_from" not in rule:

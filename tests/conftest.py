@@ -1,0 +1,49 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+def compose_cfg(overrides: list[str]):
+    """A RunConfig composed from the real conf/ tree, exactly as clbench-run would build it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmark.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_object(cfg)
+
+
+TINY_RUN = ["model=tiny", "data.train_per_class=4", "data.test_per_class=2", "eval.general_passages=2",
+            "eval.general_tokens=32", "trainer.batch_size=4", "trainer.max_prompt_tokens=64", "leaderboard=false"]
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """Run the real runner on the tiny model and a 3-task real stream; returns the loaded record."""
+    from benchmark.records import load_record
+    from benchmark.runner import run
+
+    def go(*overrides: str, results: Path | None = None, strategy=None):
+        cfg = compose_cfg(TINY_RUN + [f"results_dir={results or tmp_path}"] + list(overrides))
+        return load_record(run(cfg, strategy))
+
+    return go
+
+
+@pytest.fixture
+def data_cfg():
+    from task_streams import DataConfig
+
+    return DataConfig(train_per_class=2, test_per_class=2)

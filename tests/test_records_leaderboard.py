@@ -1,0 +1,104 @@
+import copy
+import json
+import os
+import threading
+
+import pytest
+
+from benchmark import leaderboard, records
+
+
+def _rec(strategy="seq_lora", seed=1, aa_last=(50.0, 60.0), chash="abc", run_id=None):
+    R = [[10.0, 20.0], [70.0, 25.0], list(aa_last)]
+    from benchmark.metrics import all_metrics
+
+    return {"schema": records.SCHEMA, "run_id": run_id or f"{strategy}-{seed}-{chash}", "config": {"seed": seed}, "seed": seed,
+            "config_hash": chash, "stream": {"name": "demo", "tasks": ["a", "b"], "skipped": []},
+            "strategy": {"name": strategy, "config": {}}, "model": {"name": "tiny-llama"}, "eval_mode": "loglik",
+            "matrix": {"rows": ["zero-shot", "a", "b"], "columns": ["a", "b"], "values": R},
+            "metrics": {**all_metrics(R), "ppl_rel_change": 0.1},
+            "cost": {"wall_s": 10.0 + seed, "answer_tokens_per_s": 100.0, "peak_memory_mb": 500.0, "trainable_params": 1000},
+            "provenance": {}}
+
+
+def test_write_is_atomic_and_never_overwrites(tmp_path):
+    p = records.write_record(_rec(), tmp_path)
+    assert records.load_record(p)["run_id"] == "seq_lora-1-abc"
+    before = p.read_bytes()
+    with pytest.raises(records.RecordError, match="already exists; run records are never overwritten"):
+        records.write_record(_rec(), tmp_path)
+    assert p.read_bytes() == before
+    assert [f.name for f in tmp_path.iterdir()] == [p.name]  # no temp file left behind
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    def write(i):
+        records.write_record(_rec(seed=i, run_id=f"run-{i}"), tmp_path)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    good, bad = records.load_records(tmp_path)
+    assert len(good) == 16 and not bad
+
+
+def test_loader_rejects_corrupt_and_foreign_files(tmp_path):
+    (tmp_path / "corrupt.json").write_text("{not json", encoding="utf-8")
+    (tmp_path / "foreign.json").write_text(json.dumps({"schema": "other/9"}), encoding="utf-8")
+    ragged = _rec()
+    ragged["matrix"]["values"][1] = [1.0]
+    (tmp_path / "ragged.json").write_text(json.dumps(ragged), encoding="utf-8")
+    with pytest.raises(records.RecordError, match="corrupt.json: not a readable JSON run record"):
+        records.load_record(tmp_path / "corrupt.json")
+    with pytest.raises(records.RecordError, match="foreign.json: schema 'other/9' is not 'clbench.run/1'"):
+        records.load_record(tmp_path / "foreign.json")
+    with pytest.raises(records.RecordError, match="ragged"):
+        records.load_record(tmp_path / "ragged.json")
+    good, bad = records.load_records(tmp_path)
+    assert good == [] and len(bad) == 3
+
+
+def test_leaderboard_groups_seeds_with_spread_and_reports_bad_records(tmp_path):
+    runs = tmp_path / "runs"
+    records.write_record(_rec(seed=1, aa_last=(50.0, 60.0)), runs)
+    records.write_record(_rec(seed=2, aa_last=(60.0, 70.0)), runs)
+    records.write_record(_rec("replay", seed=1, aa_last=(80.0, 90.0), chash="def"), runs)
+    (runs / "broken.json").write_text("[", encoding="utf-8")
+    out = leaderboard.regenerate(runs, tmp_path)
+    rows = out["rows"]
+    assert [r["strategy"] for r in rows] == ["replay", "seq_lora"]  # sorted by AA
+    seq = rows[1]
+    assert seq["n"] == 2 and seq["seeds"] == [1, 2]
+    assert seq["aa"] == pytest.approx(60.0)  # mean of 55 and 65
+    assert seq["aa_sd"] == pytest.approx(7.0710678)  # sample sd
+    assert rows[0]["aa_sd"] is None
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "60.00 ± 7.07" in md and "2 (1, 2)" in md
+    assert "broken.json" in md and "Records not included" in md
+    csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert csv[0].startswith("stream,model,strategy,config,eval,n,seeds,aa,aa_sd") and len(csv) == 3
+    html = (tmp_path / "leaderboard.html").read_text()
+    assert html.count("<svg") == 2 * 3  # heatmap + curves per run
+    assert "broken.json" in html
+
+
+def test_regeneration_is_byte_identical(tmp_path):
+    runs = tmp_path / "runs"
+    for s in (1, 2, 3):
+        records.write_record(_rec(seed=s, aa_last=(50.0 + s, 60.0)), runs)
+    leaderboard.regenerate(runs, tmp_path / "a")
+    leaderboard.regenerate(runs, tmp_path / "b")
+    for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.html"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_leaderboard_cli(tmp_path):
+    from benchmark.cli import leaderboard_main
+
+    runs = tmp_path / "runs"
+    records.write_record(_rec(), runs)
+    assert leaderboard_main([str(runs)]) == 0
+    assert (tmp_path / "LEADERBOARD.md").is_file()
+    assert leaderboard_main([str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,168 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from benchmark import runner
+from benchmark.data import Encoder, collate_train
+from benchmark.model import tiny_model
+from tests.conftest import CONF, ROOT, TINY_RUN, compose_cfg
+
+RESULT_KEYS = ("matrix", "metrics", "stream")
+
+
+def _results(rec):
+    stages = [{k: v for k, v in s.items() if k in ("steps", "answer_tokens", "padded_tokens", "mean_loss", "examples")}
+              for s in rec["stages"]]
+    return {k: rec[k] for k in RESULT_KEYS} | {"stages": stages, "general": rec["metrics"]["ppl_after"]}
+
+
+def test_fixed_seed_gives_identical_results_on_cpu(tiny_run, tmp_path):
+    a = tiny_run("strategy=replay", "strategy.buffer.fraction=0.5", results=tmp_path / "a")
+    b = tiny_run("strategy=replay", "strategy.buffer.fraction=0.5", results=tmp_path / "b")
+    c = tiny_run("strategy=replay", "strategy.buffer.fraction=0.5", "seed=2", results=tmp_path / "c")
+    assert _results(a) == _results(b)
+    assert _results(a)["stages"] != _results(c)["stages"]
+
+
+def test_record_carries_full_provenance(tiny_run):
+    rec = tiny_run()
+    for key in ("config", "seed", "stream", "strategy", "model", "matrix", "metrics", "cost", "provenance", "stages"):
+        assert key in rec
+    prov = rec["provenance"]
+    assert set(prov) == {"git", "packages", "hardware"}
+    assert prov["packages"]["torch"] and prov["hardware"]["cpu_count"]
+    assert rec["stream"]["splits"]["dbpedia"]["train"]["derived"].startswith("3800 records held out of test")
+    assert rec["matrix"]["rows"][0] == "zero-shot" and len(rec["matrix"]["values"]) == 4
+    assert rec["cost"]["trainable_params"] > 0 and rec["cost"]["peak_memory_mb"] > 0
+    assert all(s["answer_tokens_per_s"] > 0 for s in rec["stages"])
+
+
+def test_interrupted_run_resumes_after_the_last_finished_task_with_the_same_record(tiny_run, tmp_path, monkeypatch):
+    overrides = ("strategy=ilora",)
+    clean = tiny_run(*overrides, results=tmp_path / "clean")
+    real = runner.train_stage
+    calls = {"n": 0}
+
+    def crash_on_stage_2(ctx, strategy, items):
+        calls["n"] += 1
+        if ctx.stage == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(ctx, strategy, items)
+
+    monkeypatch.setattr(runner, "train_stage", crash_on_stage_2)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(*overrides, results=tmp_path / "resumed")
+    assert list((tmp_path / "resumed").glob("runs/*.json")) == []
+    ckpts = list((tmp_path / "resumed" / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and json.loads((ckpts[0] / "state.json").read_text())["stage"] == 1
+    monkeypatch.setattr(runner, "train_stage", real)
+    resumed = tiny_run(*overrides, results=tmp_path / "resumed")
+    assert _results(resumed) == _results(clean)
+    assert not (tmp_path / "resumed" / "checkpoints" / ckpts[0].name).exists()  # removed once the record exists
+
+
+def test_left_padding_gives_the_same_loss_as_unpadded_rows():
+    model, tok = tiny_model()
+    model.eval()
+    from benchmark.data import Encoded
+
+    short = Encoded(tuple(range(5, 12)), (20, 21, tok.eos_token_id), 0, "t")
+    long_ = Encoded(tuple(range(5, 30)), (22, tok.eos_token_id), 1, "t")
+
+    class Ctx:
+        device = torch.device("cpu")
+        train_model = model
+
+        def forward(self, batch, model=None, **kw):
+            b = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+            return (model or self.train_model)(**b, **kw)
+
+    ctx = Ctx()
+    both, _ = runner.answer_loss(ctx, collate_train([short, long_], tok.pad_token_id), False)
+    alone = [runner.answer_loss(ctx, collate_train([x], tok.pad_token_id), False)[0] for x in (short, long_)]
+    # token-weighted mean over the 3 + 2 answer tokens
+    assert both.item() == pytest.approx((3 * alone[0].item() + 2 * alone[1].item()) / 5, rel=1e-5)
+    labels = collate_train([short, long_], tok.pad_token_id)["labels"]
+    assert (labels != -100).sum() == 5  # prompt and pad tokens carry no loss
+
+
+def test_length_bucketing_cuts_padding():
+    from benchmark.data import length_bucketed_batches, padding_share
+
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 200) for _ in range(512)]
+    bucketed = length_bucketed_batches(lengths, 8, seed=1)
+    plain = [list(range(i, i + 8)) for i in range(0, 512, 8)]
+    assert sorted(i for b in bucketed for i in b) == list(range(512))
+    assert padding_share(bucketed, lengths) < padding_share(plain, lengths) / 3
+    assert bucketed == length_bucketed_batches(lengths, 8, seed=1)
+
+
+def test_encoder_truncates_only_the_sentence():
+    _, tok = tiny_model()
+    from task_streams import Example
+
+    enc = Encoder(tok, max_prompt_tokens=40)
+    ex = Example(head="HEAD:", sentence="x" * 500, tail="\nAnswer:", label="A")
+    ids = enc.prompt(ex)
+    assert len(ids) == 40
+    assert tok.decode(list(ids)).startswith("HEAD:") and tok.decode(list(ids)).endswith("\nAnswer:")
+
+
+def _cli(*args, cwd=ROOT, env=None):
+    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_cli_unknown_strategy_is_one_clear_line(tmp_path):
+    p = _cli("model=tiny", f"results_dir={tmp_path}", "strategy.name=nope")
+    assert p.returncode == 2
+    assert "clbench-run: error: unknown strategy 'nope'; registered:" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_cli_strategy_key_typo_names_the_key(tmp_path):
+    p = _cli("model=tiny", f"results_dir={tmp_path}", "strategy=olora", "+strategy.lamda1=3")
+    assert p.returncode == 2
+    assert "strategy olora: unknown key 'lamda1'" in p.stderr
+
+
+def test_cli_config_typo_fails_at_start_naming_the_key(tmp_path):
+    p = _cli("model=tiny", f"results_dir={tmp_path}", "trainer.lr_rate=1")
+    assert p.returncode != 0 and "lr_rate" in p.stderr
+    p = _cli("model=tiny", f"results_dir={tmp_path}", "trainer.epochs=abc")
+    assert p.returncode != 0 and "epochs" in p.stderr
+
+
+def test_cli_missing_data_folder_says_where_to_put_it(tmp_path):
+    p = _cli("model=tiny", f"results_dir={tmp_path}", f"data.data_dir={tmp_path / 'none'}")
+    assert p.returncode == 2
+    assert f"benchmark data folder not found at {tmp_path / 'none'}" in p.stderr
+    assert "CLBENCH_DATA" in p.stderr
+
+
+def test_toy_strategy_from_the_tests_folder_registers_and_runs(tiny_run, tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    shutil.copy(ROOT / "tests" / "toy" / "toy_l2.yaml", conf / "strategy" / "toy_l2.yaml")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from benchmark.config import register_configs
+    from benchmark.records import load_record
+    from strategies.base import build
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        cfg = OmegaConf.to_object(compose("config", overrides=TINY_RUN + ["strategy=toy_l2", f"results_dir={tmp_path}"]))
+    strat = build(dict(cfg.strategy))
+    rec = load_record(runner.run(cfg, strat))
+    assert type(strat).__name__ == "ToyL2" and strat.cfg.beta == 0.1
+    assert strat.calls["before_task"] == 3 and strat.calls["after_task"] == 3 and strat.calls["loss"] > 0
+    assert rec["strategy"]["name"] == "toy_l2"

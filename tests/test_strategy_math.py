@@ -1,0 +1,169 @@
+"""Each strategy's math on tiny tensors, against hand-computed values."""
+import random
+
+import pytest
+import torch
+
+from benchmark.data import Encoded
+from strategies.buffer import BufferConfig, ReplayBuffer
+from strategies.gere import margin_labels, thresholds, tm_loss
+from strategies.ilora import consistency_loss, ema_update
+from strategies.migu import unit_mask
+from strategies.olora import orthogonality_loss
+
+
+# ---- O-LoRA ----
+def test_orthogonality_loss_hand_computed():
+    old = [torch.tensor([[1.0, 2.0, 0.0]]), torch.tensor([[0.0, 1.0, -1.0]])]
+    new = torch.tensor([[1.0, 0.0, 1.0], [2.0, -1.0, 0.0]])
+    # A_old_cat @ new^T = [[1, 0], [-1, -1]] -> L1 = 3
+    assert orthogonality_loss(old, new).item() == pytest.approx(3.0)
+
+
+def test_orthogonality_loss_zero_for_orthogonal_subspaces_and_first_task():
+    q, _ = torch.linalg.qr(torch.randn(16, 16))
+    old, new = [q[:4], q[4:8]], q[8:12]
+    assert orthogonality_loss(old, new).item() == pytest.approx(0.0, abs=1e-5)
+    assert orthogonality_loss([], new).item() == 0.0
+
+
+def test_summed_adapters_equal_the_concatenated_olora_form():
+    """Separate frozen adapters summed == the official concatenation [B1 B2][A1; A2] (same alpha/r scale)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 6)
+    A1, A2 = torch.randn(2, 6), torch.randn(2, 6)
+    B1, B2 = torch.randn(4, 2), torch.randn(4, 2)
+    scale = 32 / 2
+    summed = scale * (x @ A1.T @ B1.T) + scale * (x @ A2.T @ B2.T)
+    concat = scale * (x @ torch.cat([A1, A2]).T @ torch.cat([B1, B2], dim=1).T)
+    assert torch.allclose(summed, concat, atol=1e-4)
+
+
+# ---- I-LoRA ----
+def test_ema_moves_slow_by_the_stated_amount():
+    slow = {"w": torch.tensor([1.0, 2.0])}
+    fast = {"w": torch.tensor([3.0, -2.0])}
+    ema_update(slow, fast, lam=0.25)
+    # 0.25 * slow + 0.75 * fast
+    assert torch.allclose(slow["w"], torch.tensor([2.5, -1.0]))
+    ema_update(slow, fast, lam=1.0)
+    assert torch.allclose(slow["w"], torch.tensor([2.5, -1.0]))
+
+
+def test_consistency_loss_mse_and_one_sided():
+    fast = [torch.tensor([[[1.0, 3.0], [0.0, 0.0]]])]
+    slow = [torch.tensor([[[2.0, 1.0], [9.0, 9.0]]])]
+    mask = torch.tensor([[1, 0]])  # the second position is padding and must not count
+    # mse over real token: ((1-2)^2 + (3-1)^2) / 2 = 2.5
+    assert consistency_loss(fast, slow, mask, "mse").item() == pytest.approx(2.5)
+    # one-sided: target = max(fast, slow) = [2, 3] -> ((1-2)^2 + 0) / 2 = 0.5
+    assert consistency_loss(fast, slow, mask, "one_sided").item() == pytest.approx(0.5)
+
+
+# ---- MIGU ----
+def test_unit_mask_keeps_the_top_fraction():
+    mag = torch.arange(1.0, 11.0)  # 10 units
+    keep = unit_mask(mag, 0.7)
+    assert keep.tolist() == [False] * 7 + [True] * 3
+    assert unit_mask(mag, 0.0).all()
+
+
+def test_masked_units_do_not_move_under_adamw():
+    """A gradient mask alone lets AdamW move masked rows (momentum, weight decay); the MIGU step must not."""
+    from types import SimpleNamespace
+
+    from strategies.migu import MIGU, MIGUConfig
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(4, 6)
+    opt = torch.optim.AdamW([lin.weight], lr=0.1, weight_decay=0.1)
+    migu = MIGU(MIGUConfig(adapter="none", threshold=0.5))
+    ctx = SimpleNamespace(stage=2, model=None, token_mask=None, optimizer=opt, tasks=[],
+                          accelerator=SimpleNamespace(num_processes=1), log=lambda *a: None)
+    migu.ctx, migu.active, migu.collecting = ctx, True, True
+    from strategies.migu import _Tracked
+
+    migu.tracked = [_Tracked(lin.weight, lin, migu)]
+    for step in range(3):
+        before = lin.weight.detach().clone()
+        x = torch.randn(8, 4)
+        out = lin(x)
+        mag = out.detach().abs().mean(0)
+        keep = unit_mask(mag, 0.5)
+        out.pow(2).sum().backward()
+        migu.before_optimizer_step(ctx)
+        assert (lin.weight.grad[~keep] == 0).all()
+        opt.step()
+        migu.after_optimizer_step(ctx)
+        opt.zero_grad()
+        assert torch.equal(lin.weight[~keep], before[~keep]), f"masked rows moved at step {step}"
+        assert not torch.equal(lin.weight[keep], before[keep])
+
+
+# ---- GeRe ----
+def test_margin_labels_and_thresholds():
+    h = torch.tensor([[[0.0], [2.0], [4.0]]])  # one dim, mu = 2, sd = sqrt(8/3)
+    mask = torch.ones(1, 3)
+    pos, neg = thresholds(h, mask)
+    sd = (8 / 3) ** 0.5
+    assert pos.item() == pytest.approx(2 + sd) and neg.item() == pytest.approx(2 - sd)
+    assert margin_labels(h, pos, neg).flatten().tolist() == [-1, 0, 1]
+
+
+def test_tm_loss_zero_inside_thresholds_and_hand_computed_outside():
+    pos, neg = torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -1.0])
+    labels = torch.tensor([[[1, 0], [-1, 0]]], dtype=torch.int8)
+    mask = torch.ones(1, 2)
+    inside = torch.tensor([[[1.5, 0.3], [-2.0, -0.9]]])  # pos >= 1, neutral in band, neg <= -1
+    assert tm_loss(inside, labels, pos, neg, mask).item() == 0.0
+    outside = torch.tensor([[[0.5, 1.6], [0.0, -1.2]]])
+    # violations: pos 1-0.5=0.5 ; neutral 1.6-1=0.6 ; neg 0-(-1)=1.0 ; neutral -1-(-1.2)=0.2 -> mean over 4 non-zero
+    assert tm_loss(outside, labels, pos, neg, mask).item() == pytest.approx((0.5 + 0.6 + 1.0 + 0.2) / 4)
+    pad = torch.tensor([[1, 0]])  # the second token is padding: only 0.5 and 0.6 count
+    assert tm_loss(outside, labels, pos, neg, pad).item() == pytest.approx((0.5 + 0.6) / 2)
+
+
+# ---- replay buffers ----
+def _items(task: int, n: int):
+    return [Encoded((task, i), (1,), 0, f"t{task}") for i in range(n)]
+
+
+def test_reservoir_buffer_composition_is_proportional_to_samples_seen():
+    counts = {0: 0, 1: 0}
+    for trial in range(200):
+        buf = ReplayBuffer(BufferConfig(policy="reservoir", size=20), n_tasks=2, seed=trial)
+        buf.add(_items(0, 100), 0)
+        buf.add(_items(1, 300), 1)
+        assert len(buf) == 20
+        for it in buf.items():
+            counts[it.prompt[0]] += 1
+    share = counts[0] / (counts[0] + counts[1])
+    assert share == pytest.approx(0.25, abs=0.03)
+
+
+def test_reservoir_fills_first_m_in_order():
+    buf = ReplayBuffer(BufferConfig(policy="reservoir", size=5), n_tasks=1, seed=0)
+    buf.add(_items(0, 5), 0)
+    assert [it.prompt[1] for it in buf.items()] == [0, 1, 2, 3, 4]
+
+
+def test_per_task_ring_and_fraction_policies():
+    ring = ReplayBuffer(BufferConfig(policy="per_task", size=6), n_tasks=3, seed=0)
+    ring.add(_items(0, 5), 0)
+    ring.add(_items(1, 1), 1)
+    # task 0 owns slots 0-1 (last two written wins: 4 -> slot 0, 3 -> slot 1), task 1 slot 2
+    assert [it.prompt for it in ring.items()] == [(0, 4), (0, 3), (1, 0)]
+    frac = ReplayBuffer(BufferConfig(policy="fraction", fraction=0.02), n_tasks=2, seed=0)
+    frac.add_task(_items(0, 500))
+    assert len(frac) == 10 and all(it.task == "t0" for it in frac.items())
+
+
+def test_buffer_state_roundtrip():
+    buf = ReplayBuffer(BufferConfig(policy="reservoir", size=4), n_tasks=1, seed=3)
+    buf.add(_items(0, 10), 0)
+    tensors, meta = buf.state("b/")
+    other = ReplayBuffer(BufferConfig(policy="reservoir", size=4), n_tasks=1, seed=99)
+    other.load("b/", tensors, meta)
+    assert other.items() == buf.items()
+    assert other.sample(2) == buf.sample(2)
+    random.seed(0)
