@@ -75,45 +75,50 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, shuf
     return batches
 
 
-def pad_left(seqs: list[tuple[int, ...]], pad_id: int, label_from: list[int] | None = None) -> dict[str, torch.Tensor]:
-    """Left-padded batch with position ids that count real tokens only.
+def pad_batch(seqs: list[tuple[int, ...]], pad_id: int, side: str = "right",
+              label_from: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Padded input_ids / attention_mask / labels (+ position_ids when left-padded).
 
-    Left padding puts every answer at the end of its row, so the loss needs the vocabulary projection of the
-    last few positions only (`logits_to_keep`). labels are IGNORE before label_from[row] (the prompt) and on pads;
-    with label_from None every real token is a label (plain language modelling).
+    Training pads on the right: with left padding the pad rows attend to nothing, and CUDA's fused attention
+    kernels then return NaN gradients that poison the weights (seen on an H100 in bf16). Evaluation pads on the
+    left so that generation can continue every row; its position ids count real tokens only.
+    labels are IGNORE before label_from[row] (the prompt) and on pads; with label_from None every real token is
+    a label (plain language modelling).
     """
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     labels = torch.full((len(seqs), width), IGNORE, dtype=torch.long)
     for row, s in enumerate(seqs):
-        off = width - len(s)
-        ids[row, off:] = torch.tensor(s, dtype=torch.long)
-        mask[row, off:] = 1
+        off = width - len(s) if side == "left" else 0
+        ids[row, off : off + len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, off : off + len(s)] = 1
         first = off + (label_from[row] if label_from is not None else 0)
-        labels[row, first:] = ids[row, first:]
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": labels}
+        labels[row, first : off + len(s)] = ids[row, first : off + len(s)]
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if side == "left":
+        out["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return out
 
 
 def collate_train(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompt + answer rows; only the answer tokens (label and eos) carry labels."""
-    return pad_left([it.prompt + it.answer for it in items], pad_id, [len(it.prompt) for it in items])
+    """Prompt + answer rows, right-padded; only the answer tokens (label and eos) carry labels."""
+    return pad_batch([it.prompt + it.answer for it in items], pad_id, "right", [len(it.prompt) for it in items])
 
 
 def collate_lm(seqs: list[tuple[int, ...]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Plain language-model batches (general text): every real token is a label."""
-    return pad_left(seqs, pad_id)
+    """Plain language-model batches (general text), right-padded: every real token is a label."""
+    return pad_batch(seqs, pad_id, "right")
 
 
 def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two left-padded batches, padding the narrower one on the left; other keys are concatenated."""
+    """Stack two right-padded batches, padding the narrower one on the right; other keys are concatenated."""
     width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    fill = {"input_ids": pad_id, "attention_mask": 0, "position_ids": 0, "labels": IGNORE}
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
     out = {}
     for key in a:
         if key in fill:
-            parts = [torch.nn.functional.pad(x[key], (width - x[key].shape[1], 0), value=fill[key]) for x in (a, b)]
+            parts = [torch.nn.functional.pad(x[key], (0, width - x[key].shape[1]), value=fill[key]) for x in (a, b)]
         else:
             parts = [a[key], b[key]]
         out[key] = torch.cat(parts)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.data import Encoded, length_bucketed_batches, pad_left
+from benchmark.data import Encoded, length_bucketed_batches, pad_batch
 
 
 @dataclass
@@ -29,7 +29,7 @@ def normalize_answer(text: str) -> str:
 
 
 def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    b = pad_left(seqs, pad_id)
+    b = pad_batch(seqs, pad_id, "left")
     return b["input_ids"].to(device), b["attention_mask"].to(device), b["position_ids"].to(device)
 
 

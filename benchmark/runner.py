@@ -64,19 +64,21 @@ class RunContext:
 
 
 def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
-    """Mean cross-entropy over answer tokens only; the vocabulary projection covers the answer tail only."""
+    """Mean cross-entropy over answer tokens only, projecting onto the vocabulary only the positions that
+    predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short)."""
     labels = batch["labels"].to(ctx.device)
-    # answers sit at the end of left-padded rows: keep the logits of the last (longest answer + 1) positions
-    first = (labels != IGNORE).int().argmax(-1)
-    keep = int(labels.shape[1] - first.min()) + 1
-    keep = min(keep, labels.shape[1])
+    is_answer = labels != IGNORE
+    first = int(is_answer.int().argmax(-1).min())
+    last = int(is_answer.shape[1] - 1 - is_answer.flip(-1).int().argmax(-1).min())
+    keep = torch.arange(first - 1, last, device=ctx.device)  # position p predicts token p + 1
     try:
         out = ctx.forward(batch, logits_to_keep=keep, output_hidden_states=need_hidden)
+        logits = out.logits
     except TypeError:  # a model without logits_to_keep
         out = ctx.forward(batch, output_hidden_states=need_hidden)
-    logits = out.logits[:, -keep:-1].float()
-    target = labels[:, labels.shape[1] - keep + 1 :]
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
+        logits = out.logits[:, first - 1 : last]
+    target = labels[:, first : last + 1]
+    ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
     return ce, out
 
 

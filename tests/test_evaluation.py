@@ -54,7 +54,7 @@ def test_both_modes_score_a_learned_task_and_agree():
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(150):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], )
         logits = out.logits[:, :-1]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1))
         opt.zero_grad()
