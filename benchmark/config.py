@@ -75,3 +75,18 @@ class RunConfig:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+
+
+def compose(overrides: list[str] | None = None, conf_dir: str | None = None) -> RunConfig:
+    """A RunConfig from the conf/ tree and command-line style overrides, exactly as clbench-run builds it
+    (for tests, bench scripts and notebooks, which do not go through the Hydra app)."""
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_configs()
+    conf_dir = conf_dir or str(Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(config_dir=conf_dir, version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
+    return OmegaConf.to_object(cfg)

@@ -47,6 +47,7 @@ class RunContext:
     items: list[Encoded] = field(default_factory=list)  # the examples of the current batch
     token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded (MIGU ignores pads)
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    model_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -66,10 +67,12 @@ class RunContext:
 def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
     """Mean cross-entropy over answer tokens only, projecting onto the vocabulary only the positions that
     predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short)."""
-    labels = batch["labels"].to(ctx.device)
-    is_answer = labels != IGNORE
+    # the answer span is found on the host copy of the labels: on an accelerator these int() calls would
+    # otherwise wait for the device at every step
+    is_answer = batch["labels"].cpu() != IGNORE
     first = int(is_answer.int().argmax(-1).min())
     last = int(is_answer.shape[1] - 1 - is_answer.flip(-1).int().argmax(-1).min())
+    labels = batch["labels"].to(ctx.device)
     keep = torch.arange(first - 1, last, device=ctx.device)  # position p predicts token p + 1
     try:
         out = ctx.forward(batch, logits_to_keep=keep, output_hidden_states=need_hidden)
@@ -213,9 +216,14 @@ def _general_sequences(ctx: RunContext) -> list[tuple[int, ...]]:
     return ctx.encoder.encode_texts(texts, ctx.cfg.eval.general_tokens)
 
 
-def run(cfg: RunConfig, strategy=None) -> Path | None:
-    """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
-    cfg_dict = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
+def config_dict(cfg: RunConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
+
+
+def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]:
+    """Accelerator, seed, strategy, stream, model with the strategy's adapters: everything before the first
+    evaluation. Shared by `run` and the bench scripts, so that they measure exactly what a run does."""
+    cfg_dict = config_dict(cfg)
     tcfg = cfg.trainer
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
@@ -223,15 +231,20 @@ def run(cfg: RunConfig, strategy=None) -> Path | None:
                       gradient_accumulation_steps=tcfg.grad_accum)
     set_seed(cfg.seed)
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
-    t_start = time.perf_counter()
-
     strategy = strategy or build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
     data_cfg = DataConfig(**dataclasses.asdict(cfg.data)) if dataclasses.is_dataclass(cfg.data) else DataConfig(**cfg_dict["data"])
     stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
-    encoder = Encoder(tok, tcfg.max_prompt_tokens)
-    ctx = RunContext(cfg, model, tok, encoder, acc, stream, cfg.seed)
+    ctx = RunContext(cfg, model, tok, Encoder(tok, tcfg.max_prompt_tokens), acc, stream, cfg.seed, model_info=model_info)
     ctx.model = strategy.prepare_model(model, ctx).to(acc.device)
+    return ctx, strategy, cfg_dict
+
+
+def run(cfg: RunConfig, strategy=None) -> Path | None:
+    """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
+    t_start = time.perf_counter()
+    ctx, strategy, cfg_dict = build_context(cfg, strategy)
+    acc, stream, encoder, model_info = ctx.accelerator, ctx.stream, ctx.encoder, ctx.model_info
     tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
     stages = strategy.stages(stream.tasks)
 

@@ -14,15 +14,9 @@ torch.set_num_threads(2)
 
 def compose_cfg(overrides: list[str]):
     """A RunConfig composed from the real conf/ tree, exactly as clbench-run would build it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from benchmark.config import compose
 
-    from benchmark.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_object(cfg)
+    return compose(overrides, str(CONF))
 
 
 TINY_RUN = ["model=tiny", "data.train_per_class=4", "data.test_per_class=2", "eval.general_passages=2",
