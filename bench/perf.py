@@ -262,6 +262,8 @@ def train_strategy(args, name: str):
 
 # ----------------------------------------------------------------------------------------------- evaluation
 def evaluate(args):
+    import torch
+
     from benchmark import evaluation
     from benchmark.data import length_bucketed_batches, padding_share
 
@@ -289,11 +291,20 @@ def evaluate(args):
         def generate50(ex):
             return generate(ex, 50)
 
+        def prompt_forward(ex):
+            # the floor under both modes: one forward of every prompt, nothing scored or generated
+            for i in range(0, len(ex), bs):
+                b = evaluation.pad_batch([e.prompt for e in ex[i : i + bs]], pad, "left")
+                ctx.model(**{k: b[k].to(ctx.device) for k in ("input_ids", "attention_mask", "position_ids")},
+                          logits_to_keep=1)
+
         res = {"examples": len(tests), "labels": len(answers), "generate_max_new_tokens": longest + 2}
-        for mode, fn in (("loglik", loglik), ("loglik_pairs", pairs), ("generate", generate), ("generate_50", generate50)):
-            ex = tests if mode in ("loglik", "generate") else tests[: max(bs, len(tests) // 4)]
+        modes = (("loglik", loglik), ("loglik_pairs", pairs), ("generate", generate), ("generate_50", generate50),
+                 ("prompt_forward", prompt_forward))
+        for mode, fn in modes:
+            ex = tests if mode in ("loglik", "generate", "prompt_forward") else tests[: max(bs, len(tests) // 4)]
             fn(ex[:4])  # warm-up
-            with PeakRSS(ctx.device) as mem:
+            with PeakRSS(ctx.device) as mem, torch.inference_mode():
                 t0 = time.perf_counter()
                 fn(ex)
                 _sync(ctx.device)
@@ -395,16 +406,19 @@ def table(results: dict, summary: dict) -> str:
             lines.append(f"| {name} | {v['step_ms']} | {v['examples_per_s']} | {v['answer_tokens_per_s']} | "
                          f"{v['padded_tokens_per_s']} | {v['peak_extra_mb']} | {_ratio(v['examples_per_s'], suite_eps)} |")
         lines.append("\n| evaluation | examples | labels | loglik ex/s | per-pair loglik ex/s | generate ex/s "
-                     "(max new) | generate ex/s (50 new) | loglik / generate | train padding random -> bucketed |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
+                     "(max new) | generate ex/s (50 new) | prompt forward only ex/s | loglik / generate | "
+                     "train padding random -> bucketed |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        if "error" in r["eval"]:
+            lines.append(f"| error: {r['eval']['error']} ||||||||")
         for t, v in r["eval"].items():
             if not isinstance(v, dict) or "loglik" not in v:
-                lines.append(f"| {t} | error: {v} |||||||")
                 continue
             p = v["train_padding_share"]
             lines.append(f"| {t} | {v['examples']} | {v['labels']} | {v['loglik']['examples_per_s']} | "
                          f"{v['loglik_pairs']['examples_per_s']} | {v['generate']['examples_per_s']} "
                          f"({v['generate_max_new_tokens']}) | {v['generate_50']['examples_per_s']} | "
+                         f"{v['prompt_forward']['examples_per_s']} | "
                          f"{v['loglik_speedup_vs_generate']}x | {p['random_batches']:.1%} -> {p['bucketed']:.1%} |")
         s = summary.get(model, {})
         lines.append(f"\nsuite / bare: {s.get('suite_vs_bare')}, suite / bare (HF loss): {s.get('suite_vs_bare_hf_loss')}, "

@@ -50,16 +50,18 @@ class _Tracked:
             return
         out = output[0] if isinstance(output, tuple) else output
         mask = self.owner.ctx.token_mask
+        # sums and counts stay on the device: an int() here would wait for the accelerator in every layer
         with torch.no_grad():
             a = out.detach().abs().float()
             if mask is not None and mask.shape == a.shape[:2]:
-                a = a * mask[..., None].to(a.dtype)
-                n = int(mask.sum())
+                m = mask.to(a.dtype)
+                s = torch.einsum("bld,bl->d", a, m)
+                n = m.sum()
             else:
+                s = a.reshape(-1, a.shape[-1]).sum(0)
                 n = a[..., 0].numel()
-            s = a.reshape(-1, a.shape[-1]).sum(0)
             self.sum = s if self.sum is None else self.sum + s
-            self.count += n
+            self.count = self.count + n
 
     def reset(self) -> None:
         self.sum, self.count = None, 0
@@ -100,35 +102,39 @@ class MIGU(Hooks):
         self.collecting = self.active
 
     def before_optimizer_step(self, ctx) -> None:
+        """Zero the gradient rows of the masked units and remember their weights and Adam moments.
+
+        Masking is done by multiplication and restoring with torch.where, never by boolean indexing or
+        `.item()`: both would make the host wait for the device at every layer of every step."""
         self._saved = []
         if not self.active:
             return
         state = getattr(ctx.optimizer, "optimizer", ctx.optimizer).state
-        kept = total = 0
+        kept, total = [], 0
         for t in self.tracked:
             if t.sum is None or t.weight.grad is None:
                 continue
-            mag = t.sum / max(t.count, 1)
+            mag = t.sum / torch.as_tensor(t.count).clamp(min=1)
             if ctx.accelerator.num_processes > 1:  # one mask for all processes, as the code's all-reduce
                 mag = ctx.accelerator.reduce(mag, reduction="mean")
             keep = unit_mask(mag, self.cfg.threshold)
-            drop = ~keep
-            t.weight.grad[drop] = 0
-            kept += int(keep.sum())
+            rows = keep.view(-1, *([1] * (t.weight.dim() - 1)))  # output units are the rows of W.grad
+            t.weight.grad.mul_(rows.to(t.weight.grad.dtype))
+            kept.append(keep.sum())
             total += keep.numel()
-            if self.cfg.mask_optimizer and bool(drop.any()):
+            if self.cfg.mask_optimizer:
                 st = state.get(t.weight, {})
-                moments = {k: v[drop].clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == t.weight.shape}
-                self._saved.append((t.weight, drop, t.weight.detach()[drop].clone(), moments, st))
+                moments = {k: v.clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == t.weight.shape}
+                self._saved.append((t.weight, rows, t.weight.detach().clone(), moments, st))
         if total:
-            ctx.log("migu_kept_fraction", kept / total)
+            ctx.log("migu_kept_fraction", torch.stack(kept).sum() / total)
 
     def after_optimizer_step(self, ctx) -> None:
         with torch.no_grad():
-            for weight, drop, rows, moments, st in self._saved:
-                weight[drop] = rows
+            for weight, rows, old, moments, st in self._saved:
+                weight.copy_(torch.where(rows, weight, old))
                 for k, v in moments.items():
-                    st[k][drop] = v
+                    st[k].copy_(torch.where(rows, st[k], v))
         self._saved = []
         for t in self.tracked:
             t.reset()

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from benchmark.data import Encoded, Encoder, collate_train
-from benchmark.evaluation import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_pairs,
-                                  normalize_answer, nll_sum)
+from benchmark.evaluation import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
+                                  loglik_scores_pairs, normalize_answer, nll_sum)
 from benchmark.model import tiny_model
 from task_streams import DataConfig, load_task
 
@@ -13,19 +13,24 @@ def test_normalize_answer_like_the_olora_scorer():
     assert normalize_answer("The World!") == "the world"  # articles are kept
 
 
-def test_cached_loglik_equals_one_forward_per_pair():
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_and_cached_loglik_equal_one_forward_per_pair(attn):
     model, tok = tiny_model(seed=3)
+    model.set_attn_implementation(attn)
     model.eval()
-    enc = Encoder(tok, 64)
+    enc = Encoder(tok, 400)  # long enough for prompts of different lengths
     task = load_task("dbpedia", DataConfig(train_per_class=1, test_per_class=1))
     ex = enc.encode(task, task.test)
     answers = [enc.answer(l) for l in task.labels]  # 14 labels of different token lengths
-    fast = loglik_scores(model, ex, answers, tok.pad_token_id, 4, "cpu")
+    assert len({len(a) for a in answers}) > 1 and len({len(e.prompt) for e in ex}) > 1  # ragged on both sides
     slow = loglik_scores_pairs(model, ex, answers, tok.pad_token_id, 4, "cpu")
-    assert torch.allclose(fast, slow, atol=1e-4)
+    packed = loglik_scores(model, ex, answers, tok.pad_token_id, 4, "cpu")
+    cached = loglik_scores_cached(model, ex, answers, tok.pad_token_id, 4, "cpu")
+    assert torch.allclose(packed, slow, atol=1e-4)
+    assert torch.allclose(cached, slow, atol=1e-4)
     norm = loglik_scores(model, ex, answers, tok.pad_token_id, 4, "cpu", normalize=True)
     lens = torch.tensor([len(a) for a in answers], dtype=torch.float)
-    assert torch.allclose(norm, fast / lens, atol=1e-5)
+    assert torch.allclose(norm, packed / lens, atol=1e-5)
 
 
 def test_generation_is_greedy_and_matches_a_manual_argmax_loop():
