@@ -136,6 +136,16 @@ def _train_result(secs, steps, answer_tokens, padded_tokens, examples, mem):
 
 
 # ----------------------------------------------------------------------------------------------- training
+def _timed(ctx, fn):
+    """(seconds, PeakRSS, result) of fn(), with the device drained before the clock stops."""
+    with PeakRSS(ctx.device) as mem:
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(ctx.device)
+        secs = time.perf_counter() - t0
+    return secs, mem, out
+
+
 def train_suite(args):
     from benchmark.runner import train_stage
 
@@ -143,11 +153,7 @@ def train_suite(args):
     task, warm, timed = _split(ctx, 0, args)
     ctx.stage, ctx.tasks = 1, [task]
     train_stage(ctx, strat, warm)
-    with PeakRSS(ctx.device) as mem:
-        t0 = time.perf_counter()
-        stats = train_stage(ctx, strat, timed)
-        _sync(ctx.device)
-        secs = time.perf_counter() - t0
+    secs, mem, stats = _timed(ctx, lambda: train_stage(ctx, strat, timed))
     return _train_result(secs, stats["steps"], stats["answer_tokens"], stats["padded_tokens"], len(timed), mem)
 
 
@@ -189,11 +195,7 @@ def train_bare(args, hf_loss: bool = False):
     model.train()
     _bare_loop(model, _batches(ctx, warm), pad, ctx.device, hf_loss)
     batches = _batches(ctx, timed)
-    with PeakRSS(ctx.device) as mem:
-        t0 = time.perf_counter()
-        answer, padded = _bare_loop(model, batches, pad, ctx.device, hf_loss)
-        _sync(ctx.device)
-        secs = time.perf_counter() - t0
+    secs, mem, (answer, padded) = _timed(ctx, lambda: _bare_loop(model, batches, pad, ctx.device, hf_loss))
     return _train_result(secs, len(batches), answer, padded, len(timed), mem)
 
 
@@ -227,17 +229,13 @@ def train_hf_trainer(args):
         trainer(warm, out).train()
         counts.update(answer=0, padded=0)
         tr = trainer(timed, out)
-        with PeakRSS(ctx.device) as mem:
-            t0 = time.perf_counter()
-            tr.train()
-            _sync(ctx.device)
-            secs = time.perf_counter() - t0
+        secs, mem, _ = _timed(ctx, tr.train)
     steps = math.ceil(len(timed) / args.batch_size)
     return _train_result(secs, steps, counts["answer"], counts["padded"], len(timed), mem)
 
 
-def train_strategy(args, name: str):
-    """Time per step of one strategy on task 2, after a short untimed task 1."""
+def at_second_task(args, name: str):
+    """A strategy trained briefly (untimed) on task 1 and set up on task 2, and task 2's examples to time."""
     from benchmark.runner import train_stage
 
     cfg, ctx, strat = _context(args, name)
@@ -250,11 +248,15 @@ def train_strategy(args, name: str):
     ctx.stage, ctx.tasks = 2, [task2]
     strat.before_task(ctx)
     train_stage(ctx, strat, warm2)
-    with PeakRSS(ctx.device) as mem:
-        t0 = time.perf_counter()
-        stats = train_stage(ctx, strat, timed)
-        _sync(ctx.device)
-        secs = time.perf_counter() - t0
+    return ctx, strat, timed
+
+
+def train_strategy(args, name: str):
+    """Time per step of one strategy on task 2, after a short untimed task 1."""
+    from benchmark.runner import train_stage
+
+    ctx, strat, timed = at_second_task(args, name)
+    secs, mem, stats = _timed(ctx, lambda: train_stage(ctx, strat, timed))
     res = _train_result(secs, stats["steps"], stats["answer_tokens"], stats["padded_tokens"], len(timed), mem)
     res["overrides"] = STRATEGY_OVERRIDES.get(name, [])
     return res
@@ -303,12 +305,9 @@ def evaluate(args):
                  ("prompt_forward", prompt_forward))
         for mode, fn in modes:
             ex = tests if mode in ("loglik", "generate", "prompt_forward") else tests[: max(bs, len(tests) // 4)]
-            fn(ex[:4])  # warm-up
-            with PeakRSS(ctx.device) as mem, torch.inference_mode():
-                t0 = time.perf_counter()
-                fn(ex)
-                _sync(ctx.device)
-                secs = time.perf_counter() - t0
+            with torch.inference_mode():
+                fn(ex[:4])  # warm-up
+                secs, mem, _ = _timed(ctx, lambda: fn(ex))
             res[mode] = {"examples": len(ex), "seconds": round(secs, 3), "examples_per_s": round(len(ex) / secs, 2),
                          "peak_extra_mb": round(mem.extra_mb, 1)}
         res["loglik_speedup_vs_generate"] = round(res["loglik"]["examples_per_s"] / res["generate"]["examples_per_s"], 2)

@@ -32,16 +32,7 @@ def main(argv=None) -> None:
     from benchmark.runner import train_stage
 
     args = argparse.Namespace(model=a.model, steps=a.steps, warmup=2, batch_size=a.batch_size, test_per_class=1)
-    cfg, ctx, strat = perf._context(args, a.strategy)
-    task1, warm1, _ = perf._split(ctx, 0, args)
-    task2, warm2, timed = perf._split(ctx, 1, args)
-    ctx.stage, ctx.tasks = 1, [task1]
-    strat.before_task(ctx)
-    train_stage(ctx, strat, warm1)
-    strat.after_task(ctx)
-    ctx.stage, ctx.tasks = 2, [task2]
-    strat.before_task(ctx)
-    train_stage(ctx, strat, warm2)
+    ctx, strat, timed = perf.at_second_task(args, a.strategy)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.device.type == "cuda" else [])
     py = cProfile.Profile()
     with profile(activities=acts, profile_memory=False) as prof:
