@@ -395,15 +395,16 @@ def table(results: dict, summary: dict) -> str:
     lines = []
     for model, r in results.items():
         lines.append(f"\n## {model}\n")
-        lines.append("| training | step ms | examples/s | answer tok/s | padded tok/s | peak extra MB | vs suite |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| training | step ms | examples/s | answer tok/s | padded tok/s | peak extra MB | peak RSS MB | vs suite |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         suite_eps = r["train"].get("suite", {}).get("examples_per_s")
         for name, v in [*r["train"].items(), *((f"strategy {k}", v) for k, v in r["strategies"].items())]:
             if "error" in v:
                 lines.append(f"| {name} | error: {v['error']} ||||||")
                 continue
             lines.append(f"| {name} | {v['step_ms']} | {v['examples_per_s']} | {v['answer_tokens_per_s']} | "
-                         f"{v['padded_tokens_per_s']} | {v['peak_extra_mb']} | {_ratio(v['examples_per_s'], suite_eps)} |")
+                         f"{v['padded_tokens_per_s']} | {v['peak_extra_mb']} | {v.get('peak_rss_mb')} | "
+                         f"{_ratio(v['examples_per_s'], suite_eps)} |")
         lines.append("\n| evaluation | examples | labels | loglik ex/s | per-pair loglik ex/s | generate ex/s "
                      "(max new) | generate ex/s (50 new) | prompt forward only ex/s | loglik / generate | "
                      "train padding random -> bucketed |")
@@ -437,7 +438,12 @@ def main(argv=None) -> None:
     p.add_argument("--only", default="train,strategies,eval")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "perf.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON and exit")
     a = p.parse_args(argv)
+    if a.table:
+        doc = json.loads(Path(a.table).read_text())
+        print(table(doc["results"], doc["summary"]))
+        return
     if a.child:
         print(json.dumps(run_child(json.loads(a.child))))
         return
