@@ -26,7 +26,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -342,18 +341,16 @@ def run_child(spec: dict) -> dict:
 
 # ----------------------------------------------------------------------------------------------- driver
 def _hardware() -> dict:
-    import torch
+    """The run records' hardware block, plus the CPU model that speed numbers depend on."""
+    from benchmark.records import hardware
 
-    cpu = platform.processor()
+    info = hardware()
     with contextlib.suppress(OSError):
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+                info["cpu"] = line.split(":", 1)[1].strip()
                 break
-    hw = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        hw["gpu"] = torch.cuda.get_device_name(0)
-    return hw
+    return info
 
 
 def _spawn(spec: dict) -> dict:

@@ -22,4 +22,4 @@ def test_perf_bench_runs_every_training_method_on_the_same_work(tmp_path):
     assert len({v["answer_tokens"] for v in train.values()}) == 1
     # suite and bare loops share the batches: same padding too; Trainer buckets its own way
     assert train["suite"]["padded_tokens"] == train["bare"]["padded_tokens"] == train["bare_hf_loss"]["padded_tokens"]
-    assert doc["hardware"]["cores"] >= 1 and doc["summary"]["tiny"]["suite_vs_bare"] > 0
+    assert doc["hardware"]["cpu_count"] >= 1 and doc["summary"]["tiny"]["suite_vs_bare"] > 0
