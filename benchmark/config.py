@@ -38,6 +38,7 @@ class TrainerConfig:
     batch_size: int = 8
     grad_accum: int = 1
     epochs: int = 1
+    epochs_per_task: dict[str, int] = field(default_factory=dict)  # e.g. {MNLI: 2} (O-LoRA's long.sh)
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0

@@ -235,6 +235,9 @@ def nll_sum(model, seqs: list[tuple[int, ...]], pad_id: int, batch_size: int, de
     return total, count
 
 
-def perplexity(total: float, count: int) -> float:
-    return math.exp(total / count) if count else float("nan")
+def perplexity(total: float, count: int) -> float | None:
+    """exp(mean NLL); None when undefined (no tokens) or not finite (a diverged model), never NaN in a record."""
+    if not count or not math.isfinite(total) or total / count > 700:  # exp(700) is near the float64 limit
+        return None
+    return math.exp(total / count)
 

@@ -2,7 +2,10 @@
 checkpoint) -> metrics -> run record. Strategies act only through their hooks (strategies/base.py)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import inspect
 import math
 import random
 import resource
@@ -46,6 +49,7 @@ class RunContext:
     step: int = 0  # optimizer steps in this stage
     items: list[Encoded] = field(default_factory=list)  # the examples of the current batch
     token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded (MIGU ignores pads)
+    task_ce: torch.Tensor | None = None  # answer cross-entropy of the batch being trained, before any strategy term
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
 
@@ -64,6 +68,17 @@ class RunContext:
         return (model or self.train_model or self.model)(**batch, **kw)
 
 
+def _base_model(model):
+    """The transformers model under DDP and PEFT wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
+
+
 def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
     """Mean cross-entropy over answer tokens only, projecting onto the vocabulary only the positions that
     predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short)."""
@@ -73,11 +88,11 @@ def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bo
     first = int(is_answer.int().argmax(-1).min())
     last = int(is_answer.shape[1] - 1 - is_answer.flip(-1).int().argmax(-1).min())
     labels = batch["labels"].to(ctx.device)
-    keep = torch.arange(first - 1, last, device=ctx.device)  # position p predicts token p + 1
-    try:
+    if _forward_takes(type(_base_model(ctx.train_model or ctx.model)), "logits_to_keep"):
+        keep = torch.arange(first - 1, last, device=ctx.device)  # position p predicts token p + 1
         out = ctx.forward(batch, logits_to_keep=keep, output_hidden_states=need_hidden)
         logits = out.logits
-    except TypeError:  # a model without logits_to_keep
+    else:
         out = ctx.forward(batch, output_hidden_states=need_hidden)
         logits = out.logits[:, first - 1 : last]
     target = labels[:, first : last + 1]
@@ -99,62 +114,106 @@ def _trainable_params(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def stage_epochs(tcfg, tasks: list[Task]) -> int:
+    """trainer.epochs, or a task's own count from trainer.epochs_per_task for a one-task stage (O-LoRA's
+    long-benchmark script trains MNLI for 2 epochs)."""
+    if len(tasks) == 1:
+        return int(tcfg.epochs_per_task.get(tasks[0].name, tcfg.epochs))
+    return tcfg.epochs
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops rather than publish numbers of a broken model."""
+
+
+def accumulation_windows(n_micro: int, grad_accum: int) -> list[range]:
+    """Micro-batch indices of each optimizer step of a stage: full windows, then the stage's own remainder."""
+    return [range(i, min(i + grad_accum, n_micro)) for i in range(0, n_micro, grad_accum)]
+
+
 def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, Any]:
+    """One stage. Gradient accumulation is owned here, not by accelerate's counter: every stage starts with no
+    gradient and a fresh window, steps its own remainder, and ends with no gradient. Each micro-batch's loss is
+    weighted by its share of the window's answer tokens (over all processes), so batch b x accumulation k trains
+    exactly like batch k*b, and a strategy's per-step terms count once per step."""
     cfg, acc = ctx.cfg, ctx.accelerator
     tcfg = cfg.trainer
     model = ctx.model
     model.train()
     params = _trainable_params(model)
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    epochs_batches = [_stage_batches(items, cfg, ctx.stage, ep, acc.num_processes, acc.process_index) for ep in range(tcfg.epochs)]
-    batches = [b for ep in epochs_batches for b in ep]
+    epochs = stage_epochs(tcfg, ctx.tasks)
+    batches = [b for ep in range(epochs) for b in _stage_batches(items, cfg, ctx.stage, ep, acc.num_processes, acc.process_index)]
     if tcfg.max_steps_per_task:
         batches = batches[: tcfg.max_steps_per_task * tcfg.grad_accum]
-    total_steps = math.ceil(len(batches) / tcfg.grad_accum)
-    warmup = int(tcfg.warmup_ratio * total_steps)
+    windows = accumulation_windows(len(batches), tcfg.grad_accum)
+    warmup = int(tcfg.warmup_ratio * len(windows))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     ctx.train_model, ctx.optimizer = acc.prepare(model, optimizer)
+    ctx.optimizer.zero_grad(set_to_none=True)
     ctx.step = 0
     need_hidden = strategy.needs_hidden_states
     tokens = padded = 0
     t0 = time.perf_counter()
     loss_sum = torch.zeros((), device=ctx.device)
-    bar = tqdm(total=total_steps, desc=f"train {ctx.stage}/{len(ctx.stream.tasks)} {'+'.join(t.name for t in ctx.tasks)}",
+    first_bad = None  # optimizer step of the first non-finite loss, checked once per log interval (a host sync)
+    bad = torch.zeros((), dtype=torch.bool, device=ctx.device)
+    bar = tqdm(total=len(windows), desc=f"train {ctx.stage}/{len(ctx.stream.tasks)} {'+'.join(t.name for t in ctx.tasks)}",
                disable=not acc.is_local_main_process, leave=False, file=sys.stdout)
-    for i, rows in enumerate(batches):
-        ctx.items = rows
-        batch = strategy.train_batch(ctx, collate_train(rows, ctx.tokenizer.pad_token_id))
-        with acc.accumulate(ctx.train_model), acc.autocast():
-            ce, out = answer_loss(ctx, batch, need_hidden)
-            ctx.log("ce", ce)
-            loss = strategy.loss(ctx, batch, out, ce)
-            acc.backward(loss)
-            strategy.after_backward(ctx)
-            if acc.sync_gradients:
-                strategy.before_optimizer_step(ctx)  # before clipping: a masked gradient must not count in the norm
-                if tcfg.max_grad_norm:
-                    acc.clip_grad_norm_(params, tcfg.max_grad_norm)
-            ctx.optimizer.step()
-            if acc.sync_gradients:
-                strategy.after_optimizer_step(ctx)
-                scheduler.step()
-            ctx.optimizer.zero_grad(set_to_none=True)
-        tokens += int((batch["labels"] != IGNORE).sum())
-        padded += batch["input_ids"].numel()
-        loss_sum += loss.detach()
-        if acc.sync_gradients:
-            ctx.step += 1
-            bar.update(1)
-            if ctx.step % tcfg.log_every == 0 or i == len(batches) - 1:
-                logs = {k: round(float(v), 4) for k, v in ctx.logs.items()}
-                bar.set_postfix(loss=round(float(loss.detach()), 4))
-                _log_wandb(ctx, {f"train/{k}": v for k, v in logs.items()})
+    for w, window in enumerate(windows):
+        # batches first (the strategy may append replayed rows), so the window's answer tokens are known
+        prepared = []
+        for i in window:
+            ctx.items = batches[i]
+            prepared.append((batches[i], strategy.train_batch(ctx, collate_train(batches[i], ctx.tokenizer.pad_token_id))))
+        counts = [int((b["labels"] != IGNORE).sum()) for _, b in prepared]
+        window_tokens = _reduce_sum(acc, [float(sum(counts))])[0]
+        for j, ((rows, batch), n) in enumerate(zip(prepared, counts)):
+            ctx.items = rows
+            last = j == len(prepared) - 1
+            # gradients are all-reduced only on the window's last micro-batch
+            sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(ctx.train_model)
+            with sync:
+                with acc.autocast():
+                    ce, out = answer_loss(ctx, batch, need_hidden)
+                    ctx.task_ce = ce
+                    ctx.log("ce", ce)
+                    loss = strategy.loss(ctx, batch, out, ce)
+                # DDP averages gradients over processes: the factor world makes that a token-weighted sum
+                acc.backward(loss * (n * acc.num_processes / window_tokens))
+                strategy.after_backward(ctx)
+            tokens += n
+            padded += batch["input_ids"].numel()
+            loss_sum += loss.detach()
+            bad |= ~torch.isfinite(loss.detach())
+        ctx.task_ce = None
+        strategy.before_optimizer_step(ctx)  # before clipping: a masked gradient must not count in the norm
+        if tcfg.max_grad_norm:
+            acc.clip_grad_norm_(params, tcfg.max_grad_norm)
+        strategy.optimizer_step(ctx)
+        strategy.after_optimizer_step(ctx)
+        scheduler.step()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        bar.update(1)
+        if ctx.step % tcfg.log_every == 0 or w == len(windows) - 1:
+            if bool(bad):
+                first_bad = ctx.step
+                break
+            logs = {k: round(float(v), 4) for k, v in ctx.logs.items()}
+            bar.set_postfix(loss=round(float(loss.detach()), 4))
+            _log_wandb(ctx, {f"train/{k}": v for k, v in logs.items()})
     bar.close()
-    ctx.train_model = acc.unwrap_model(ctx.train_model)
+    ctx.train_model = acc.unwrap_model(ctx.train_model, keep_fp32_wrapper=False)
+    if first_bad is not None:
+        raise TrainingDiverged(f"training diverged: non-finite loss at stage {ctx.stage} "
+                               f"({'+'.join(t.name for t in ctx.tasks)}) by optimizer step {first_bad}; "
+                               f"lower trainer.lr (now {tcfg.lr:g}); finished stages are kept in the checkpoint")
     if acc.device.type != "cpu":  # returns the optimizer's device memory; on CPU it is only a 0.25 s gc.collect
         acc.free_memory()
     secs = time.perf_counter() - t0
-    return {"steps": ctx.step, "seconds": round(secs, 3), "answer_tokens": tokens, "padded_tokens": padded,
+    return {"steps": ctx.step, "micro_batches": len(batches), "epochs": epochs, "seconds": round(secs, 3),
+            "answer_tokens": tokens, "padded_tokens": padded,
             "answer_tokens_per_s": round(tokens / secs, 2) if secs else None,
             "padded_tokens_per_s": round(padded / secs, 2) if secs else None,
             "mean_loss": round(float(loss_sum) / max(len(batches), 1), 5), "examples": len(items)}
@@ -172,7 +231,8 @@ def evaluate_all(ctx: RunContext, strategy, tests: dict[str, list[Encoded]], lab
     acc = ctx.accelerator
     row = []
     ctx.model.eval()
-    with strategy.eval_model(ctx):
+    # every row under the precision training uses, the zero-shot row included, so that FWT compares like with like
+    with strategy.eval_model(ctx), acc.autocast():
         for task in ctx.stream.tasks:
             bar = f"eval {label} {task.name}" if acc.is_local_main_process else None
             correct, total = evaluation.accuracy(ctx.model, tests[task.name], task.labels, ctx.encoder, ctx.cfg.eval,
@@ -187,12 +247,22 @@ def general_ppl(ctx: RunContext, strategy, seqs) -> float | None:
     if not seqs:
         return None
     ctx.model.eval()
-    with strategy.eval_model(ctx):
+    with strategy.eval_model(ctx), ctx.accelerator.autocast():
         mine = seqs[ctx.accelerator.process_index :: ctx.accelerator.num_processes]
         total, count = evaluation.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device)
     ctx.model.train()
     total, count = _reduce_sum(ctx.accelerator, [total, count])
-    return round(evaluation.perplexity(total, int(count)), 4)
+    ppl = evaluation.perplexity(total, int(count))
+    return None if ppl is None else round(ppl, 4)
+
+
+def _rng_state() -> tuple:
+    return torch.get_rng_state(), random.getstate()
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    random.setstate(state[1])
 
 
 def _log_wandb(ctx: RunContext, values: dict[str, Any]) -> None:
@@ -221,6 +291,27 @@ def config_dict(cfg: RunConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True) if not isinstance(cfg, dict) else cfg
 
 
+def engine_name(acc: Accelerator) -> str:
+    return str(acc.distributed_type.value if hasattr(acc.distributed_type, "value") else acc.distributed_type).lower()
+
+
+def check_engine(strategy, acc: Accelerator) -> None:
+    """Refuse, before any model is loaded, a distribution engine or precision under which a strategy would run
+    silently wrong. DeepSpeed is refused for every strategy: it owns gradient accumulation and steps inside
+    backward, which bypasses the per-stage accumulation windows and the strategies' optimizer hooks."""
+    from strategies.base import StrategyConfigError
+
+    engine = engine_name(acc)
+    name = getattr(strategy, "name", type(strategy).__name__)
+    if engine == "deepspeed":
+        raise StrategyConfigError(f"strategy {name} under DeepSpeed is refused: DeepSpeed steps the optimizer inside "
+                                  "backward and owns accumulation (use DDP or FSDP through accelerate)")
+    reason = strategy.refuse(engine, str(acc.mixed_precision))
+    if reason:
+        raise StrategyConfigError(f"strategy {name} cannot run under {engine.upper()} / mixed_precision "
+                                  f"{acc.mixed_precision}: {reason}")
+
+
 def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]:
     """Accelerator, seed, strategy, stream, model with the strategy's adapters: everything before the first
     evaluation. Shared by `run` and the bench scripts, so that they measure exactly what a run does."""
@@ -228,11 +319,12 @@ def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]
     tcfg = cfg.trainer
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
-    acc = Accelerator(cpu=tcfg.device == "cpu", mixed_precision=tcfg.mixed_precision,
-                      gradient_accumulation_steps=tcfg.grad_accum)
+    # gradient accumulation is done by train_stage itself (per-stage windows), not by accelerate's counter
+    acc = Accelerator(cpu=tcfg.device == "cpu", mixed_precision=tcfg.mixed_precision)
     set_seed(cfg.seed)
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
     strategy = strategy or build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
+    check_engine(strategy, acc)
     data_cfg = DataConfig(**dataclasses.asdict(cfg.data)) if dataclasses.is_dataclass(cfg.data) else DataConfig(**cfg_dict["data"])
     stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
@@ -254,9 +346,13 @@ def run(cfg: RunConfig, strategy=None) -> Path | None:
     state: dict[str, Any] = {"matrix": [], "stage_stats": [], "ppl_before": None, "trained_names": []}
     start = 0
     if cfg.resume and ckpt.latest() is not None:
-        meta, weights, strat_tensors = ckpt.load()
+        meta, weights, strat_tensors = ckpt.load()  # also restores the random state saved with the stage
+        saved_rng = _rng_state()
+        # rebuilding adapters (O-LoRA, IncLoRA) draws their random initialisation; the uninterrupted run drew
+        # the next task's adapter from the saved state, so the state is put back after the rebuild
         strategy.load_state_dict(strat_tensors, meta["strategy_meta"], ctx)
         Checkpointer.restore_model(ctx.model, weights)
+        _set_rng_state(saved_rng)
         state, start = meta["run_state"], meta["stage"]
         if acc.is_main_process:
             print(f"resuming {run_key} after stage {start}/{len(stages)} from {ckpt.folder}", flush=True)
@@ -270,8 +366,8 @@ def run(cfg: RunConfig, strategy=None) -> Path | None:
         state["matrix"] = [evaluate_all(ctx, strategy, tests, "zero-shot")]
     for s in range(start, len(stages)):
         ctx.stage, ctx.tasks = s + 1, stages[s]
-        items = [e for t in ctx.tasks for e in encoder.encode(t, t.train)]
         strategy.before_task(ctx)
+        items = strategy.train_items(ctx, [e for t in ctx.tasks for e in encoder.encode(t, t.train)])
         trained_names |= {n for n, p in ctx.model.named_parameters() if p.requires_grad}
         stats = train_stage(ctx, strategy, items)
         strategy.after_task(ctx)
@@ -308,7 +404,7 @@ def _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainab
     train_s = sum(s["seconds"] for s in stage_stats)
     tokens = sum(s["answer_tokens"] for s in stage_stats)
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    strategy_name = cfg_dict["strategy"]["name"]
+    strategy_name = getattr(strategy, "name", None) or cfg_dict["strategy"]["name"]  # the strategy actually run
     return {
         "schema": records.SCHEMA,
         "run_id": f"{stamp}-{strategy_name}-{stream.name}-{run_key}-{random.Random().getrandbits(24):06x}",

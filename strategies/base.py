@@ -3,12 +3,17 @@
 The training loop (benchmark/runner.py) calls these hooks and never branches on a strategy's name:
 
     prepare_model      once, before anything else: add adapters, freeze weights, register forward hooks
+    refuse             names a set-up the strategy cannot run correctly (engine, precision), checked at start
     stages             how the stream is cut into training stages (one per task; MTL: all tasks at once)
     before_task        a stage starts (fresh adapter, buffer bookkeeping, reference statistics)
-    train_batch        may replace the batch (replay mixes stored examples in)
-    loss               may add terms to the answer cross-entropy (regularisers, replay losses)
-    after_backward     gradients exist (MIGU masks them)
-    before/after_optimizer_step
+    train_items        may extend a stage's training set (LoRAReplay adds the stored examples of earlier tasks)
+    train_batch        may replace the batch (interleaved replay appends stored examples)
+    loss               may add terms to the answer cross-entropy (regularisers, replay losses); `ctx.task_ce`
+                       is the answer cross-entropy alone, for strategies that reweight it (GeRe)
+    after_backward     gradients of one micro-batch exist
+    before_optimizer_step   once per accumulation window, before clipping (MIGU masks gradient rows)
+    optimizer_step     steps the optimizer (default: one step; MIGU steps masked weights one at a time)
+    after_optimizer_step    once per accumulation window (I-LoRA's EMA)
     after_task         the stage is trained (buffer fill, freezing)
     eval_model         a context manager that sets the model up for evaluation (I-LoRA's slow learner)
     state_dict / load_state_dict   tensors (saved with safetensors) and JSON metadata for resume
@@ -27,13 +32,16 @@ class Strategy(Protocol):
     name: ClassVar[str]
     needs_hidden_states: bool
 
+    def refuse(self, engine: str, mixed_precision: str) -> str | None: ...
     def prepare_model(self, model, ctx): ...
     def stages(self, tasks: list) -> list[list]: ...
     def before_task(self, ctx) -> None: ...
+    def train_items(self, ctx, items: list) -> list: ...
     def train_batch(self, ctx, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
     def loss(self, ctx, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
     def after_backward(self, ctx) -> None: ...
     def before_optimizer_step(self, ctx) -> None: ...
+    def optimizer_step(self, ctx) -> None: ...
     def after_optimizer_step(self, ctx) -> None: ...
     def after_task(self, ctx) -> None: ...
     def eval_model(self, ctx) -> contextlib.AbstractContextManager: ...
@@ -55,6 +63,16 @@ class Hooks:
     """No-op defaults for every hook, so that a strategy writes only the hooks it needs."""
 
     needs_hidden_states = False
+    # strategies that keep references to parameter tensors across steps (frozen adapters, EMA targets, masked
+    # weights): FSDP may flatten and replace those tensors after `prepare`, so the runner refuses FSDP for them
+    holds_parameter_refs = False
+
+    def refuse(self, engine: str, mixed_precision: str) -> str | None:
+        """Why this strategy cannot run under `engine` (no | multi_cpu | multi_gpu | fsdp | deepspeed | ...)
+        and `mixed_precision`, or None. Checked before any model is loaded."""
+        if self.holds_parameter_refs and engine == "fsdp":
+            return "it keeps references to parameters that FSDP flattens after prepare (untested; refused)"
+        return None
 
     def prepare_model(self, model, ctx):
         return model
@@ -64,6 +82,9 @@ class Hooks:
 
     def before_task(self, ctx) -> None:
         pass
+
+    def train_items(self, ctx, items):
+        return items
 
     def train_batch(self, ctx, batch):
         return batch
@@ -76,6 +97,9 @@ class Hooks:
 
     def before_optimizer_step(self, ctx) -> None:
         pass
+
+    def optimizer_step(self, ctx) -> None:
+        ctx.optimizer.step()
 
     def after_optimizer_step(self, ctx) -> None:
         pass

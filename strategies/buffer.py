@@ -19,13 +19,25 @@ class BufferConfig:
     size: int = 500  # M slots (reservoir, per_task)
     fraction: float = 0.02  # fraction policy: int(fraction * |train|) examples kept from each finished task
 
+    def __post_init__(self):
+        from strategies.base import StrategyConfigError
+
+        if self.policy not in ("reservoir", "per_task", "fraction"):
+            raise StrategyConfigError(f"buffer.policy must be reservoir, per_task or fraction, got {self.policy!r}")
+        if self.size < 1:
+            raise StrategyConfigError(f"buffer.size must be >= 1, got {self.size}")
+        if not 0.0 < self.fraction <= 1.0:
+            raise StrategyConfigError(f"buffer.fraction must be in (0, 1], got {self.fraction}")
+
 
 class ReplayBuffer:
-    def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int):
-        if cfg.policy not in ("reservoir", "per_task", "fraction"):
-            raise ValueError(f"buffer policy must be reservoir, per_task or fraction, got {cfg.policy!r}")
+    """What is stored is the same on every process (`rng`, seeded by the run seed); what is drawn for replay
+    differs per process (`draw_rng`, seeded by seed and rank), so a global step replays distinct rows."""
+
+    def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int, rank: int = 0):
         self.cfg, self.n_tasks = cfg, n_tasks
         self.rng = random.Random(seed)
+        self.draw_rng = random.Random(f"{seed}/{rank}")
         self.slots: list[Encoded | None] = [] if cfg.policy == "fraction" else [None] * cfg.size
         self.seen = 0  # reservoir: examples offered so far
         self.seen_in_task: dict[int, int] = {}
@@ -63,7 +75,7 @@ class ReplayBuffer:
     def sample(self, k: int) -> list[Encoded]:
         """k stored examples drawn uniformly without replacement (all of them when fewer are stored)."""
         pool = self.items()
-        return self.rng.sample(pool, min(k, len(pool)))
+        return self.draw_rng.sample(pool, min(k, len(pool)))
 
     # -- resume: the buffer as tensors plus JSON --
     def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
@@ -75,9 +87,8 @@ class ReplayBuffer:
             tensors[f"{prefix}{i}.prompt"] = torch.tensor(s.prompt, dtype=torch.int64)
             tensors[f"{prefix}{i}.answer"] = torch.tensor(s.answer, dtype=torch.int64)
             index.append([s.label, s.task])
-        st = self.rng.getstate()
         return tensors, {"index": index, "seen": self.seen, "seen_in_task": {str(k): v for k, v in self.seen_in_task.items()},
-                         "rng": [st[0], list(st[1]), st[2]]}
+                         "rng": _rng_state(self.rng), "draw_rng": _rng_state(self.draw_rng)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.slots = []
@@ -89,5 +100,15 @@ class ReplayBuffer:
             self.slots.append(Encoded(tuple(p.tolist()), tuple(a.tolist()), int(entry[0]), entry[1]))
         self.seen = meta["seen"]
         self.seen_in_task = {int(k): v for k, v in meta["seen_in_task"].items()}
-        v, st, g = meta["rng"]
-        self.rng.setstate((v, tuple(st), g))
+        _set_rng_state(self.rng, meta["rng"])
+        _set_rng_state(self.draw_rng, meta["draw_rng"])
+
+
+def _rng_state(rng: random.Random) -> list:
+    v, st, g = rng.getstate()
+    return [v, list(st), g]
+
+
+def _set_rng_state(rng: random.Random, state: list) -> None:
+    v, st, g = state
+    rng.setstate((v, tuple(st), g))

@@ -1,7 +1,9 @@
 """Compose strategies as the papers do (MIGU + replay, MIGU + O-LoRA): hooks run part by part, in order.
 
 The first part owns the model set-up and the stage plan; later parts should use `adapter: none`. Losses chain
-(each part adds its terms to the running loss), evaluation contexts nest, and state is kept per part.
+(each part adds its terms to the running loss), training sets and batches chain, evaluation contexts nest, and
+state is kept per part. At most one part may replace the optimizer step (two replacements cannot both hold).
+A composed run is recorded under the parts' names joined by '+', e.g. `replay+migu`.
 """
 from __future__ import annotations
 
@@ -9,21 +11,45 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.base import Hooks, build, register
+from strategies.base import Hooks, StrategyConfigError, build, register
+
+# hooks that take only the context and return nothing: every part is called, in order
+_BROADCAST = ("before_task", "after_backward", "before_optimizer_step", "after_optimizer_step", "after_task")
 
 
 @dataclass
 class ComposeConfig:
     parts: list[dict[str, Any]] = field(default_factory=list)
 
+    def __post_init__(self):
+        if len(self.parts) < 2:
+            raise StrategyConfigError("strategy compose.parts: needs at least two parts")
+
+
+def _broadcast(hook: str):
+    def call(self, ctx) -> None:
+        for p in self.parts:
+            getattr(p, hook)(ctx)
+
+    call.__name__ = hook
+    return call
+
 
 @register("compose", ComposeConfig)
 class Compose(Hooks):
     def __init__(self, cfg: ComposeConfig):
-        if len(cfg.parts) < 2:
-            raise ValueError("compose needs at least two parts")
         self.parts = [build(dict(p)) for p in cfg.parts]
+        self.name = "+".join(p.name for p in self.parts)
         self.needs_hidden_states = any(p.needs_hidden_states for p in self.parts)
+        self.holds_parameter_refs = any(p.holds_parameter_refs for p in self.parts)
+        steppers = [p for p in self.parts if type(p).optimizer_step is not Hooks.optimizer_step]
+        if len(steppers) > 1:
+            raise StrategyConfigError(f"strategy compose: {' and '.join(p.name for p in steppers)} both replace the "
+                                      "optimizer step; at most one part may")
+        self._stepper = steppers[0] if steppers else None
+
+    def refuse(self, engine, mixed_precision):
+        return next((f"{p.name}: {r}" for p in self.parts if (r := p.refuse(engine, mixed_precision))), None)
 
     def prepare_model(self, model, ctx):
         for p in self.parts:
@@ -33,24 +59,10 @@ class Compose(Hooks):
     def stages(self, tasks):
         return self.parts[0].stages(tasks)
 
-    def _each(self, hook: str, ctx) -> None:
+    def train_items(self, ctx, items):
         for p in self.parts:
-            getattr(p, hook)(ctx)
-
-    def before_task(self, ctx):
-        self._each("before_task", ctx)
-
-    def after_backward(self, ctx):
-        self._each("after_backward", ctx)
-
-    def before_optimizer_step(self, ctx):
-        self._each("before_optimizer_step", ctx)
-
-    def after_optimizer_step(self, ctx):
-        self._each("after_optimizer_step", ctx)
-
-    def after_task(self, ctx):
-        self._each("after_task", ctx)
+            items = p.train_items(ctx, items)
+        return items
 
     def train_batch(self, ctx, batch):
         for p in self.parts:
@@ -61,6 +73,9 @@ class Compose(Hooks):
         for p in self.parts:
             loss = p.loss(ctx, batch, outputs, loss)
         return loss
+
+    def optimizer_step(self, ctx):
+        (self._stepper or super()).optimizer_step(ctx)
 
     @contextlib.contextmanager
     def eval_model(self, ctx):
@@ -81,3 +96,7 @@ class Compose(Hooks):
         for i, p in enumerate(self.parts):
             pre = f"part{i}/"
             p.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)}, meta[f"part{i}"], ctx)
+
+
+for _hook in _BROADCAST:
+    setattr(Compose, _hook, _broadcast(_hook))

@@ -7,11 +7,23 @@ Each reference activation is labelled pos (H* >= pos), neg (H* <= neg) or neutra
 Threshold-based margin (TM) loss on the current hidden states h of the same samples:
     pos: relu(pos - h)   neg: relu(h - neg)   neutral: relu(h - pos) + relu(neg - h)
     L_TM = sum(violations over real tokens) / count(non-zero violations)     (0 when nothing violates)
-Total: L = (CE_task + CE_general) / 2 + w * L_TM, with w a number (100 by default) or "dy" (w = CE/L_TM, detached).
+
+Objective, matched to what the official code effectively optimises. The code trains with per-device batch 1:
+the general set is concatenated to the task data and shuffled, so each micro-batch is either one task sample
+(loss CE_task) or one general sample (loss CE_gen + w*L_TM; the code's "/2 when both are present" never fires).
+Gradient accumulation averages the micro-batch losses, so a global batch of n_task task and n_gen general samples
+optimises  (n_task * CE_task + n_gen * (CE_gen + w*L_TM)) / (n_task + n_gen), i.e.
+    L = (1 - p) * CE_task + p * (CE_gen + w * L_TM),     p = n_gen / (n_task + n_gen),
+p being the general share of the mixed data (about 1/6 in the paper's runs). Here each task batch of B rows is
+joined by `per_batch` = k general rows, so p = k / (B + k). Terms that other composed strategies added to the
+loss are left at full weight: only the task CE is rescaled (L = loss - p*CE_task + p*(CE_gen + w*L_TM)).
+w is a number (100 by default) or "dy": w = CE_gen / L_TM (detached), the code's rescaling of the margin term to
+the size of the cross-entropy of the micro-batch it is in (a general one).
 `loss` selects the alternatives the paper compares: tm (GeRe), ce (label fitting only, "BaselineR"),
 kl (logit imitation, temperature 2, summed over the vocabulary, mean over tokens), l1 / l2 (feature imitation).
 Each step replays `per_batch` general samples drawn from the fixed set (the code mixes the 1000 samples into
-the task data instead; the expected replay share is the same when per_batch/B = N/(N + N_task)).
+the task data instead; the expected replay share is the same when per_batch/B = N/N_task). Draws differ per
+process. The reference states are computed under the same autocast as training, so L_TM is 0 at step 0.
 """
 from __future__ import annotations
 
@@ -23,13 +35,16 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.data import IGNORE, collate_lm
-from strategies.base import Hooks, LoraSettings, register
+from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.lora import apply_adapter
+
+
+LOSSES = ("tm", "ce", "kl", "l1", "l2")
 
 
 @dataclass
 class GeReConfig:
-    adapter: str = "lora"  # lora | full
+    adapter: str = "lora"  # lora | full | none
     lora: LoraSettings = field(default_factory=LoraSettings)
     n_samples: int = 1000  # the fixed general set (the paper: 1000 SlimPajama lines)
     max_tokens: int = 128  # general sample length (the code: 563)
@@ -38,6 +53,28 @@ class GeReConfig:
     weight: Any = 100.0  # w: a number or "dy"
     sigma: float = 1.0
     temperature: float = 2.0  # kl only
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise StrategyConfigError(f"strategy gere.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if not (self.weight == "dy" or (isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool))):
+            raise StrategyConfigError(f"strategy gere.weight must be a number or 'dy', got {self.weight!r}")
+        if self.adapter not in ("lora", "full", "none"):
+            raise StrategyConfigError(f"strategy gere.adapter must be lora, full or none, got {self.adapter!r}")
+        if self.per_batch < 1 or self.n_samples < 1 or self.max_tokens < 2:
+            raise StrategyConfigError("strategy gere.per_batch and gere.n_samples must be >= 1, gere.max_tokens >= 2")
+
+
+def general_share(n_task_rows: int, n_general_rows: int) -> float:
+    """p: the share of general samples in the mixed batch."""
+    return n_general_rows / (n_task_rows + n_general_rows)
+
+
+def gere_objective(loss: torch.Tensor, task_ce: torch.Tensor, general_ce: torch.Tensor, term: torch.Tensor | None,
+                   p: float, w) -> torch.Tensor:
+    """loss - p*CE_task + p*(CE_gen + w*term): the task CE weighted (1-p), the general terms p, other terms kept."""
+    general = general_ce if term is None else general_ce + w * term
+    return loss - p * task_ce + p * general
 
 
 def thresholds(h: torch.Tensor, mask: torch.Tensor, k: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +104,6 @@ class GeRe(Hooks):
     needs_hidden_states = False  # the general batch gets its own forward
 
     def __init__(self, cfg: GeReConfig):
-        if cfg.loss not in ("tm", "ce", "kl", "l1", "l2"):
-            raise ValueError(f"gere.loss must be tm, ce, kl, l1 or l2, got {cfg.loss!r}")
-        if not (cfg.weight == "dy" or isinstance(cfg.weight, (int, float))):
-            raise ValueError(f"gere.weight must be a number or 'dy', got {cfg.weight!r}")
         self.cfg = cfg
         self.ref: dict[str, torch.Tensor] | None = None
 
@@ -81,7 +114,7 @@ class GeRe(Hooks):
         self.seqs = ctx.encoder.encode_texts(texts, self.cfg.max_tokens)
         # collated once: replay batches are row slices, aligned with the stored reference states
         self.batch = collate_lm(self.seqs, ctx.tokenizer.pad_token_id)
-        self.rng = random.Random(ctx.seed)
+        self.rng = random.Random(f"{ctx.seed}/{ctx.accelerator.process_index}")  # distinct draws per process
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 
     @torch.no_grad()
@@ -93,7 +126,8 @@ class GeRe(Hooks):
         hs = []
         for i in range(0, len(self.seqs), 16):
             sub = {k: v[i : i + 16] for k, v in batch.items()}
-            hs.append(ctx.forward(sub, model=ctx.model, output_hidden_states=True).hidden_states[-1].float().cpu())
+            with ctx.accelerator.autocast():  # the precision training runs in, so that L_TM is 0 at step 0
+                hs.append(ctx.forward(sub, model=ctx.model, output_hidden_states=True).hidden_states[-1].float().cpu())
         ctx.model.train(was)
         h, mask = torch.cat(hs), batch["attention_mask"]
         pos, neg = thresholds(h, mask, self.cfg.sigma)
@@ -116,9 +150,9 @@ class GeRe(Hooks):
         logits = out.logits[:, :-1].float()
         gen_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
         ctx.log("gere_general_ce", gen_ce)
-        ce_total = (loss + gen_ce) / 2
+        p = general_share(batch["input_ids"].shape[0], len(idx))
         if self.cfg.loss == "ce":
-            return ce_total
+            return gere_objective(loss, ctx.task_ce, gen_ce, None, p, 0.0)
         h = out.hidden_states[-1].float()
         mask = gb["attention_mask"].to(dev)
         ref_h = self.ref["h"][idx].to(dev)
@@ -135,8 +169,8 @@ class GeRe(Hooks):
             kl = (p_ref.exp() * (p_ref - p_cur)).sum(-1)
             term = (kl * mask).sum() / mask.sum()
         ctx.log(f"gere_{self.cfg.loss}", term)
-        w = (ce_total.detach() / term.detach().clamp(min=1e-12)) if self.cfg.weight == "dy" else float(self.cfg.weight)
-        return ce_total + w * term
+        w = (gen_ce.detach() / term.detach().clamp(min=1e-12)) if self.cfg.weight == "dy" else float(self.cfg.weight)
+        return gere_objective(loss, ctx.task_ce, gen_ce, term, p, w)
 
     def state_dict(self):
         st = self.rng.getstate()

@@ -9,6 +9,8 @@ lam is the weight on the old slow weights; the official code's effective value i
 the slow learner close to the fast one. Unlike the official code, the update really changes the slow adapter,
 replayed pads carry the ignore label, and attention masks are passed. The slow adapter starts as a copy of the
 fast one. Which learner is evaluated is not stated in the paper: `eval_learner` (slow by default, as in CLS-ER).
+As in the code, the first task trains without replay and without the consistency term (the code skips both while
+the task is its hard-coded first task), while its rows already enter the buffer; the EMA runs from the first step.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from strategies.base import Hooks, LoraSettings, register
+from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.buffer import BufferConfig, ReplayBuffer
 from strategies.lora import adapter_weights, add_lora, activate
 from strategies.replay import mix
@@ -34,6 +36,16 @@ class ILoRAConfig:
     eval_learner: str = "slow"  # slow | fast
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(policy="reservoir", size=500))
     ratio: float = 1.0  # replay batch size / current batch size
+
+    def __post_init__(self):
+        if self.consistency not in ("mse", "one_sided"):
+            raise StrategyConfigError(f"strategy ilora.consistency must be mse or one_sided, got {self.consistency!r}")
+        if self.eval_learner not in ("slow", "fast"):
+            raise StrategyConfigError(f"strategy ilora.eval_learner must be slow or fast, got {self.eval_learner!r}")
+        if not 0.0 <= self.ema_lambda <= 1.0:
+            raise StrategyConfigError(f"strategy ilora.ema_lambda must be in [0, 1], got {self.ema_lambda}")
+        if self.gamma < 0 or self.ratio < 0:
+            raise StrategyConfigError("strategy ilora.gamma and ilora.ratio must be >= 0")
 
 
 def ema_update(slow: dict[str, torch.Tensor], fast: dict[str, torch.Tensor], lam: float) -> None:
@@ -57,14 +69,13 @@ def consistency_loss(fast_h: list[torch.Tensor], slow_h: list[torch.Tensor], mas
 @register("ilora", ILoRAConfig)
 class ILoRA(Hooks):
     needs_hidden_states = True
+    holds_parameter_refs = True
 
     def __init__(self, cfg: ILoRAConfig):
-        if cfg.consistency not in ("mse", "one_sided") or cfg.eval_learner not in ("slow", "fast"):
-            raise ValueError("ilora: consistency must be mse|one_sided and eval_learner slow|fast")
         self.cfg = cfg
 
     def prepare_model(self, model, ctx):
-        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed)
+        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed, ctx.accelerator.process_index)
         model = add_lora(model, self.cfg.lora, FAST)
         model = add_lora(model, self.cfg.lora, SLOW)
         self.fast, self.slow = adapter_weights(model, FAST), adapter_weights(model, SLOW)
@@ -76,11 +87,13 @@ class ILoRA(Hooks):
 
     def train_batch(self, ctx, batch):
         self.buffer.add(ctx.items, ctx.stage - 1)  # as in the code: current samples enter before the forward
+        if ctx.stage == 1:
+            return batch
         return mix(ctx, batch, self.buffer, self.cfg.ratio)
 
     def loss(self, ctx, batch, outputs, loss):
-        rep = batch["is_replay"]
-        if not bool(rep.any()):
+        rep = batch.get("is_replay")
+        if rep is None or not bool(rep.any()):
             return loss
         sub = {k: v[rep] for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
         with torch.no_grad(), self._use(ctx, SLOW):

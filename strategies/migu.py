@@ -7,7 +7,9 @@ Per linear layer W (d_out output units), on the current batch (all micro-batches
 With LoRA: A (r units) is ranked by |x A|, B (d_out units) by the layer's full output |x W + s x A B|.
 Faithfulness choices, stated: (1) under AdamW a zero gradient still moves a weight (momentum, weight decay);
 with `mask_optimizer` (default) masked rows are restored after the step, weights and Adam moments alike, so
-masked units do not move at all; (2) magnitudes ignore padding positions (the code counted them); (3) the first
+masked units do not move at all. To keep memory near plain fine-tuning, the unmasked weights take one ordinary
+optimizer step and then the masked weights are stepped one at a time (AdamW skips parameters without a
+gradient), so only one weight's copy for restoring exists at any moment, not a copy of the model; (2) magnitudes ignore padding positions (the code counted them); (3) the first
 task is trained without a mask, as in the code; (4) a tied lm_head/embedding is never masked.
 Composable: `adapter: none` leaves the model to another part (MIGU + replay, MIGU + O-LoRA), and masks
 whatever LoRA/linear weights are trainable when each task starts.
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from strategies.base import Hooks, LoraSettings, register
+from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.lora import apply_adapter, lora_layers
 
 
@@ -29,6 +31,12 @@ class MIGUConfig:
     threshold: float = 0.7  # T: the fraction of output units whose gradient is masked
     mask_optimizer: bool = True
     mask_first_task: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.threshold < 1.0:
+            raise StrategyConfigError(f"strategy migu.threshold must be in [0, 1), got {self.threshold}")
+        if self.adapter not in ("lora", "full", "none"):
+            raise StrategyConfigError(f"strategy migu.adapter must be lora, full or none, got {self.adapter!r}")
 
 
 def unit_mask(magnitude: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -69,13 +77,21 @@ class _Tracked:
 
 @register("migu", MIGUConfig)
 class MIGU(Hooks):
+    holds_parameter_refs = True
+
     def __init__(self, cfg: MIGUConfig):
-        if not 0.0 <= cfg.threshold < 1.0:
-            raise ValueError(f"migu.threshold must be in [0, 1), got {cfg.threshold}")
         self.cfg = cfg
         self.tracked: list[_Tracked] = []
         self.collecting = False
         self.stats: dict[str, float] = {}
+        self._masked: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+
+    def refuse(self, engine, mixed_precision):
+        if engine == "deepspeed":
+            return "DeepSpeed steps the optimizer inside backward, before MIGU's mask could act"
+        if mixed_precision == "fp16" and self.cfg.mask_optimizer:
+            return "fp16's loss scaler allows one optimizer step per update; mask_optimizer steps weights one at a time"
+        return super().refuse(engine, mixed_precision)
 
     def prepare_model(self, model, ctx):
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
@@ -102,14 +118,11 @@ class MIGU(Hooks):
         self.collecting = self.active
 
     def before_optimizer_step(self, ctx) -> None:
-        """Zero the gradient rows of the masked units and remember their weights and Adam moments.
-
-        Masking is done by multiplication and restoring with torch.where, never by boolean indexing or
-        `.item()`: both would make the host wait for the device at every layer of every step."""
-        self._saved = []
+        """Zero the gradient rows of the masked units (by multiplication: boolean indexing or `.item()` would make
+        the host wait for the device at every layer of every step)."""
+        self._masked = []
         if not self.active:
             return
-        state = getattr(ctx.optimizer, "optimizer", ctx.optimizer).state
         kept, total = [], 0
         for t in self.tracked:
             if t.sum is None or t.weight.grad is None:
@@ -122,22 +135,48 @@ class MIGU(Hooks):
             t.weight.grad.mul_(rows.to(t.weight.grad.dtype))
             kept.append(keep.sum())
             total += keep.numel()
-            if self.cfg.mask_optimizer:
-                st = state.get(t.weight, {})
-                moments = {k: v.clone() for k, v in st.items() if torch.is_tensor(v) and v.shape == t.weight.shape}
-                self._saved.append((t.weight, rows, t.weight.detach().clone(), moments, st))
+            self._masked.append((t.weight, rows))
         if total:
             ctx.log("migu_kept_fraction", torch.stack(kept).sum() / total)
 
+    def optimizer_step(self, ctx) -> None:
+        if not (self.cfg.mask_optimizer and self._masked):
+            ctx.optimizer.step()
+            return
+        masked_step(ctx.optimizer, self._masked)
+
     def after_optimizer_step(self, ctx) -> None:
-        with torch.no_grad():
-            for weight, rows, old, moments, st in self._saved:
-                weight.copy_(torch.where(rows, weight, old))
-                for k, v in moments.items():
-                    st[k].copy_(torch.where(rows, st[k], v))
-        self._saved = []
+        self._masked = []
         for t in self.tracked:
             t.reset()
 
     def after_task(self, ctx) -> None:
         self.collecting = False
+
+
+def masked_step(optimizer, masked: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+    """One optimizer step in which the rows where `rows` is False stay exactly as they were (weights and every
+    optimizer state of the weight's shape). Unmasked weights step together; each masked weight then steps alone,
+    with every other gradient detached, so that only that weight's old values are held for restoring."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper keeps the torch optimizer here
+    params = [p for g in inner.param_groups for p in g["params"]]
+    grads = {id(p): p.grad for p in params}
+    for w, _ in masked:
+        w.grad = None
+    optimizer.step()
+    for p in params:
+        p.grad = None
+    for w, rows in masked:
+        w.grad = grads[id(w)]
+        old_state = {k: v.clone() for k, v in inner.state.get(w, {}).items() if torch.is_tensor(v) and v.shape == w.shape}
+        old = w.detach().clone()
+        inner.step()
+        with torch.no_grad():
+            w.copy_(torch.where(rows, w, old))
+            st = inner.state[w]
+            for k, v in old_state.items():
+                st[k].copy_(torch.where(rows, st[k], v))
+        w.grad = None
+        del old, old_state
+    for p in params:
+        p.grad = grads[id(p)]

@@ -44,6 +44,8 @@ def adapter_name(stage: int) -> str:
 
 @register("olora", OLoRAConfig)
 class OLoRA(Hooks):
+    holds_parameter_refs = True
+
     def __init__(self, cfg: OLoRAConfig):
         self.cfg = cfg
         self.n_adapters = 0

@@ -1,37 +1,68 @@
-"""Experience replay, interleaved: every current batch is extended with stored examples of earlier tasks.
+"""Experience replay, in the two forms the papers use; `mode` says which.
 
-Explicit knobs (reference section 2): buffer policy (reservoir / per_task ring / fraction), buffer size or
-fraction, replay ratio per batch, whether the current task's samples enter the buffer while it trains
-(`include_current`, as in I-LoRA's code) or only once it is finished (the default). Replayed samples are never
-written back. The default (LoRA, 2% of each finished task) is MIGU's LoRAReplay.
+mode: mix (default) is MIGU's LoRAReplay: after each task, int(fraction * |train|) of its training examples are
+    stored (buffer policy `fraction`, 2 %), and every later task trains on its own data plus all stored examples,
+    shuffled together. Each stored example is seen about once per epoch and replay is a small share of every
+    gradient (MIGU's CL_Benchmark/data_sampling.py adds the sample to the training files).
+mode: interleave is LLMCL/I-LoRA's experience replay: every current batch of B rows is extended with
+    `ratio` x B rows drawn from the buffer (1:1 by default). A fractional expected count is honoured by
+    drawing floor(ratio x B) rows plus one more with probability frac(ratio x B), never rounding to zero.
+    `include_current` offers the current task's rows to the buffer while it trains (I-LoRA's code does).
+
+Buffer policies: reservoir (Vitter's Algorithm R), per_task ring, fraction. Replayed samples are never written
+back into the buffer; what is stored is identical on every process, what is drawn differs per process.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
 from benchmark.data import collate_train, concat_batches
-from strategies.base import Hooks, LoraSettings, register
+from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.buffer import BufferConfig, ReplayBuffer
 from strategies.lora import apply_adapter
+
+MODES = ("mix", "interleave")
 
 
 @dataclass
 class ReplayConfig:
     adapter: str = "lora"  # lora | full | none (another composed part owns the model)
     lora: LoraSettings = field(default_factory=LoraSettings)
+    mode: str = "mix"  # mix (MIGU's LoRAReplay) | interleave (LLMCL / I-LoRA experience replay)
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(policy="fraction", fraction=0.02))
-    ratio: float = 1.0  # replayed examples per current example in a batch
-    include_current: bool = False
+    ratio: float = 1.0  # interleave: replayed rows per current row (expected value; may be fractional)
+    include_current: bool = False  # interleave: the current task's rows enter the buffer while it trains
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise StrategyConfigError(f"strategy replay.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.adapter not in ("lora", "full", "none"):
+            raise StrategyConfigError(f"strategy replay.adapter must be lora, full or none, got {self.adapter!r}")
+        if not (math.isfinite(self.ratio) and self.ratio >= 0):
+            raise StrategyConfigError(f"strategy replay.ratio must be a number >= 0, got {self.ratio!r}")
+        if self.mode == "mix" and self.include_current:
+            raise StrategyConfigError("strategy replay.include_current applies to mode interleave only")
+
+
+def replay_count(ratio: float, n_current: int, u: float) -> int:
+    """How many rows to replay with n_current current rows: floor(ratio*n) plus one with probability frac(ratio*n),
+    given a uniform draw u in [0, 1); the expected value is exactly ratio*n."""
+    want = ratio * n_current
+    base = math.floor(want)
+    return base + (1 if u < want - base else 0)
 
 
 def mix(ctx, batch, buffer: ReplayBuffer, ratio: float):
-    """The batch with round(ratio * B) replayed rows appended and an `is_replay` row flag."""
+    """The batch with replayed rows appended (see replay_count) and an `is_replay` row flag."""
     n_cur = batch["input_ids"].shape[0]
     batch = {**batch, "is_replay": torch.zeros(n_cur, dtype=torch.bool)}
-    k = round(ratio * n_cur)
-    if k == 0 or len(buffer) == 0:
+    if len(buffer) == 0:
+        return batch
+    k = replay_count(ratio, n_cur, buffer.draw_rng.random())
+    if k == 0:
         return batch
     rep = collate_train(buffer.sample(k), ctx.tokenizer.pad_token_id)
     rep["is_replay"] = torch.ones(rep["input_ids"].shape[0], dtype=torch.bool)
@@ -45,10 +76,18 @@ class Replay(Hooks):
         self.buffer: ReplayBuffer | None = None
 
     def prepare_model(self, model, ctx):
-        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed)
+        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed, ctx.accelerator.process_index)
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 
+    def train_items(self, ctx, items):
+        if self.cfg.mode != "mix":
+            return items
+        # the runner shuffles (length-bucketed) the union; stored rows keep their own task's prompt and answer
+        return list(items) + self.buffer.items()
+
     def train_batch(self, ctx, batch):
+        if self.cfg.mode != "interleave":
+            return batch
         mixed = mix(ctx, batch, self.buffer, self.cfg.ratio)  # draw before adding: the current batch is not replayed
         if self.cfg.include_current and self.cfg.buffer.policy != "fraction":
             self.buffer.add(ctx.items, ctx.stage - 1)

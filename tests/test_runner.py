@@ -65,7 +65,7 @@ def test_interrupted_run_resumes_after_the_last_finished_task_with_the_same_reco
     assert not (tmp_path / "resumed" / "checkpoints" / ckpts[0].name).exists()  # removed once the record exists
 
 
-def test_left_padding_gives_the_same_loss_as_unpadded_rows():
+def test_right_padded_batch_gives_the_token_weighted_loss_of_its_rows():
     model, tok = tiny_model()
     model.eval()
     from benchmark.data import Encoded

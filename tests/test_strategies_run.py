@@ -36,10 +36,40 @@ def test_seq_ft_trains_every_weight(tiny_run):
     assert rec["cost"]["trainable_params"] == rec["model"]["parameters"]
 
 
-def test_replay_mixes_only_earlier_tasks_and_fills_the_buffer(tiny_run):
-    s = _strategy("replay", "strategy.buffer.fraction=0.5")
-    seen = []
+def test_replay_default_is_loRAReplay_stored_rows_join_later_training_sets_once_per_epoch(tiny_run):
+    s = _strategy("replay", "strategy.buffer.fraction=0.25")
+    assert s.cfg.mode == "mix"
+    sets, rows = [], {}
+    _spy(s, "train_items", sets)
+
+    def batch(ctx, b, _orig=s.train_batch):
+        rows.setdefault(ctx.stage, []).extend(ctx.items)
+        return _orig(ctx, b)
+
+    s.train_batch = batch
+    tiny_run(strategy=s)
+    sizes = {stage: len(out) for stage, _, out, _ in sets}
+    # int(0.25 * |train|) of each finished task: dbpedia 56 -> 14, amazon 20 -> 5; agnews 16 trains last
+    assert sizes == {1: 56, 2: 20 + 14, 3: 16 + 14 + 5}
+    for stage, _, out, _ in sets:
+        assert sorted(map(id, rows[stage])) == sorted(map(id, out)), "each example of the stage's set is seen once"
+    stored = {it.task for it in s.buffer.items()}
+    assert stored == {"dbpedia", "amazon", "agnews"} and len(s.buffer) == 14 + 5 + 4
+
+
+def test_interleaved_replay_appends_earlier_tasks_rows_to_every_batch(tiny_run):
+    s = _strategy("replay", "strategy.mode=interleave", "strategy.buffer.fraction=0.5")
+    seen, drawn = [], []
     _spy(s, "train_batch", seen)
+    orig_prepare = s.prepare_model
+
+    def prepare(model, ctx):
+        out = orig_prepare(model, ctx)
+        sample = s.buffer.sample
+        s.buffer.sample = lambda k: drawn.append((ctx.stage, r := sample(k))) or r
+        return out
+
+    s.prepare_model = prepare
     tiny_run(strategy=s)
     assert len(s.buffer) == 56 // 2 + 20 // 2 + 16 // 2  # half of dbpedia (14x4), amazon (5x4), agnews (4x4)
     for stage, _, batch, ctx in seen:
@@ -48,9 +78,9 @@ def test_replay_mixes_only_earlier_tasks_and_fills_the_buffer(tiny_run):
             assert not rep.any()  # nothing stored before the first task ends
         else:
             assert rep.sum() == (~rep).sum()  # ratio 1.0
-    # replayed rows of stage 3 come from dbpedia and amazon only
-    tasks_in_buffer = {it.task for it in s.buffer.items()}
-    assert tasks_in_buffer == {"dbpedia", "amazon", "agnews"}
+    order = ["dbpedia", "amazon", "agnews"]
+    assert drawn and all(order.index(it.task) < stage - 1 for stage, rows in drawn for it in rows), \
+        "only finished tasks are replayed"
 
 
 def test_inc_lora_and_olora_freeze_earlier_adapters(tiny_run):
@@ -158,3 +188,51 @@ def test_mtl_trains_once_on_all_tasks(tiny_run):
     assert rec["matrix"]["rows"] == ["zero-shot", "dbpedia+amazon+agnews"]
     assert rec["stages"][0]["examples"] == 56 + 20 + 16
     assert rec["metrics"]["bwt"] is None
+
+
+def test_ilora_first_task_trains_without_replay_or_consistency(tiny_run):
+    s = _strategy("ilora")
+    seen = []
+    _spy(s, "train_batch", seen)
+    cons = []
+    orig = s.loss
+
+    def loss(ctx, batch, out, l, _orig=orig):
+        ctx.logs.pop("ilora_consistency", None)
+        res = _orig(ctx, batch, out, l)
+        cons.append((ctx.stage, "ilora_consistency" in ctx.logs))
+        return res
+
+    s.loss = loss
+    tiny_run(strategy=s)
+    assert all("is_replay" not in b for st, _, b, _ in seen if st == 1)
+    assert all(b["is_replay"].any() for st, _, b, _ in seen if st > 1)
+    assert not any(c for st, c in cons if st == 1) and all(c for st, c in cons if st > 1)
+    assert len(s.buffer) > 0
+
+
+def test_every_row_and_gere_reference_use_the_training_precision(tiny_run, monkeypatch):
+    """bf16 autocast on CPU: the zero-shot row, later rows and GeRe's reference states all run under it."""
+    from benchmark import evaluation
+
+    states = []
+    real = evaluation.accuracy
+
+    def spy(*a, **kw):
+        states.append(torch.is_autocast_enabled("cpu"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(evaluation, "accuracy", spy)
+    s = _strategy("gere", "strategy.n_samples=8", "strategy.max_tokens=32")
+    tms = []
+    orig = s.loss
+
+    def loss(ctx, batch, out, l, _orig=orig):
+        res = _orig(ctx, batch, out, l)
+        tms.append(float(ctx.logs["gere_tm"]))
+        return res
+
+    s.loss = loss
+    tiny_run("trainer.mixed_precision=bf16", strategy=s)
+    assert states and all(states), "every evaluation row runs under the training autocast"
+    assert tms[0] == 0.0, "the margin loss is 0 at step 0 when reference and training share a precision"

@@ -93,7 +93,7 @@ def test_masked_units_do_not_move_under_adamw():
         out.pow(2).sum().backward()
         migu.before_optimizer_step(ctx)
         assert (lin.weight.grad[~keep] == 0).all()
-        opt.step()
+        migu.optimizer_step(ctx)
         migu.after_optimizer_step(ctx)
         opt.zero_grad()
         assert torch.equal(lin.weight[~keep], before[~keep]), f"masked rows moved at step {step}"
@@ -167,3 +167,77 @@ def test_buffer_state_roundtrip():
     assert other.items() == buf.items()
     assert other.sample(2) == buf.sample(2)
     random.seed(0)
+
+
+# ---- issue 11: GeRe's effective objective, fractional replay counts, per-process draws ----
+def test_gere_objective_weights_task_ce_by_one_minus_p_and_keeps_other_terms():
+    from strategies.gere import general_share, gere_objective
+
+    task_ce, reg, gen_ce, tm = torch.tensor(2.0), torch.tensor(0.5), torch.tensor(3.0), torch.tensor(0.01)
+    p = general_share(8, 2)
+    assert p == pytest.approx(0.2)
+    # the running loss holds the task CE plus another composed strategy's regulariser (0.5)
+    out = gere_objective(task_ce + reg, task_ce, gen_ce, tm, p, 100.0)
+    assert out.item() == pytest.approx(0.8 * 2.0 + 0.5 + 0.2 * (3.0 + 100.0 * 0.01))
+    assert gere_objective(task_ce, task_ce, gen_ce, None, p, 0.0).item() == pytest.approx(0.8 * 2.0 + 0.2 * 3.0)
+
+
+def test_replay_count_has_the_right_expectation_and_never_rounds_to_zero():
+    import random as _random
+
+    from strategies.replay import replay_count
+
+    assert replay_count(1.0, 8, 0.99) == 8 and replay_count(0.5, 8, 0.0) == 4
+    rng = _random.Random(0)
+    draws = [replay_count(0.1, 4, rng.random()) for _ in range(20000)]
+    assert set(draws) == {0, 1}
+    assert sum(draws) / len(draws) == pytest.approx(0.4, abs=0.02)  # round(0.1 * 4) would replay nothing
+
+
+def test_buffer_stores_the_same_rows_on_every_process_but_draws_differ():
+    from benchmark.data import Encoded
+    from strategies.buffer import BufferConfig, ReplayBuffer
+
+    items = [Encoded((i,), (1,), 0, "t") for i in range(200)]
+    b0, b1 = (ReplayBuffer(BufferConfig(policy="fraction", fraction=0.1), 3, seed=5, rank=r) for r in (0, 1))
+    b0.add_task(items)
+    b1.add_task(items)
+    assert [e.prompt for e in b0.items()] == [e.prompt for e in b1.items()]
+    assert [e.prompt for e in b0.sample(10)] != [e.prompt for e in b1.sample(10)]
+
+
+def test_engines_that_would_run_a_strategy_silently_wrong_are_refused():
+    from types import SimpleNamespace
+
+    from benchmark.runner import check_engine
+    from strategies.base import StrategyConfigError, build
+
+    def acc(kind, mp="no"):
+        return SimpleNamespace(distributed_type=SimpleNamespace(value=kind), mixed_precision=mp)
+
+    for name in ("seq_lora", "olora", "migu", "replay"):
+        with pytest.raises(StrategyConfigError, match="DeepSpeed"):
+            check_engine(build({"name": name}), acc("DEEPSPEED"))
+        check_engine(build({"name": name}), acc("MULTI_CPU"))
+    for name in ("olora", "inc_lora", "ilora", "migu"):
+        with pytest.raises(StrategyConfigError, match="FSDP"):
+            check_engine(build({"name": name}), acc("FSDP"))
+    check_engine(build({"name": "seq_lora"}), acc("FSDP"))
+    with pytest.raises(StrategyConfigError, match="fp16"):
+        check_engine(build({"name": "migu"}), acc("NO", "fp16"))
+    composed = build({"name": "compose", "parts": [{"name": "replay"}, {"name": "migu", "adapter": "none"}]})
+    assert composed.name == "replay+migu"
+    with pytest.raises(StrategyConfigError, match="migu"):
+        check_engine(composed, acc("FSDP"))
+
+
+def test_stage_epochs_per_task():
+    from types import SimpleNamespace
+
+    from benchmark.runner import accumulation_windows, stage_epochs
+
+    t = lambda n: SimpleNamespace(name=n)  # noqa: E731
+    tcfg = SimpleNamespace(epochs=1, epochs_per_task={"MNLI": 2})
+    assert stage_epochs(tcfg, [t("MNLI")]) == 2 and stage_epochs(tcfg, [t("RTE")]) == 1
+    assert stage_epochs(tcfg, [t("MNLI"), t("RTE")]) == 1  # a joint (MTL) stage uses trainer.epochs
+    assert [list(w) for w in accumulation_windows(5, 2)] == [[0, 1], [2, 3], [4]]
