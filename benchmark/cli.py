@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -15,11 +17,43 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from benchmark.config import register_configs  # noqa: E402
+from benchmark.errors import PROGRESS, ClbenchError  # noqa: E402
 
 register_configs()
 
-USER_ERRORS = ("TaskDataError", "StrategyConfigError", "RecordError", "GeneralCorpusError", "ValueError",
-               "FileNotFoundError", "RuntimeError")
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """A scheduler's SIGTERM (Slurm's time limit, `kill`) unwinds like Ctrl-C: same message, same exit code."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:  # not the main thread (some launchers): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _fail(prog: str, e: BaseException) -> None:
+    if os.environ.get("CLBENCH_DEBUG"):
+        raise e
+    print(f"{prog}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _interrupted(e: KeyboardInterrupt) -> None:
+    if os.environ.get("CLBENCH_DEBUG"):
+        raise e
+    print(f"clbench-run: {PROGRESS.interrupted_message()}", file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
 
 
 def _format_matrix(rec: dict) -> str:
@@ -43,24 +77,33 @@ def _summary(rec: dict, path: Path) -> str:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    execute(cfg)
+
+
+def execute(cfg: DictConfig) -> None:
+    """The body of clbench-run, callable without Hydra's app machinery (tests)."""
     from benchmark import leaderboard, records
     from benchmark.runner import run
 
+    errors = ClbenchError
+    PROGRESS.reset()  # the runner fills it in; a stale value from an earlier run in this process must not show
     try:
-        run_cfg = OmegaConf.to_object(cfg)
-        path = run(run_cfg)
-    except Exception as e:  # user-facing errors: one line naming the culprit, no traceback
-        if type(e).__name__ not in USER_ERRORS or os.environ.get("CLBENCH_DEBUG"):
-            raise
-        print(f"clbench-run: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with sigterm_as_interrupt():
+            path = run(OmegaConf.to_object(cfg))
+    except KeyboardInterrupt as e:
+        _interrupted(e)
+    except errors as e:  # user-facing errors: one line naming the culprit, no traceback
+        _fail("clbench-run", e)
     if path is None:  # not the main process
         return
-    rec = records.load_record(path)
-    print(_summary(rec, path), flush=True)
-    if cfg.leaderboard:
-        out = leaderboard.regenerate(Path(cfg.results_dir) / "runs", Path(cfg.results_dir), highlight=Path(path))
-        print(out["row_line"], flush=True)
+    try:
+        rec = records.load_record(path)
+        print(_summary(rec, path), flush=True)
+        if cfg.leaderboard:
+            out = leaderboard.regenerate(Path(cfg.results_dir) / "runs", Path(cfg.results_dir), highlight=Path(path))
+            print(out["row_line"], flush=True)
+    except errors as e:
+        _fail("clbench-run", e)
 
 
 def leaderboard_main(argv: list[str] | None = None) -> int:
@@ -69,12 +112,20 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="clbench-leaderboard", description="Regenerate the leaderboard from run records.")
     ap.add_argument("runs", nargs="?", default="results/runs", help="folder of run records (default results/runs)")
     ap.add_argument("--out", default=None, help="output folder (default: the parent of RUNS)")
+    ap.add_argument("--baseline", default=leaderboard.DEFAULT_BASELINE,
+                    help="strategy every row is compared with, paired over seeds (default %(default)s)")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     if not runs.is_dir():
         print(f"clbench-leaderboard: error: no run-record folder at {runs}", file=sys.stderr)
         return 2
-    out = leaderboard.regenerate(runs, Path(args.out) if args.out else runs.parent)
+    try:
+        out = leaderboard.regenerate(runs, Path(args.out) if args.out else runs.parent, baseline=args.baseline)
+    except ClbenchError as e:
+        if os.environ.get("CLBENCH_DEBUG"):
+            raise
+        print(f"clbench-leaderboard: error: {e}", file=sys.stderr)
+        return 2
     print(out["summary"])
     return 0
 

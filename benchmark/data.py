@@ -29,7 +29,9 @@ class Encoder:
         self.max_prompt_tokens = max_prompt_tokens
         self._cache: dict[str, tuple[int, ...]] = {}
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no eos token; set one so that answers can end")
+            from benchmark.errors import ClbenchError
+
+            raise ClbenchError("the tokenizer has no eos token; set one so that answers can end")
 
     def ids(self, text: str) -> tuple[int, ...]:
         hit = self._cache.get(text)

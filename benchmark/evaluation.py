@@ -215,7 +215,9 @@ def accuracy(model, examples: list[Encoded], labels: list[str], encoder, cfg: Ev
         gold = [normalize_answer(labels[e.label]) for e in mine]
         correct = sum(normalize_answer(p) == g for p, g in zip(preds, gold))
     else:
-        raise ValueError(f"eval.mode must be 'loglik' or 'generate', got {cfg.mode!r}")
+        from benchmark.errors import ClbenchError
+
+        raise ClbenchError(f"eval.mode must be 'loglik' or 'generate', got {cfg.mode!r}")
     return correct, len(mine)
 
 

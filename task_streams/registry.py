@@ -11,15 +11,17 @@ from typing import Any
 
 import yaml
 
+from benchmark.errors import ClbenchError
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 DATA_HINT = (
     "put the CL_Benchmark release (folders TC/, SC/, NLI/, ... and instruction_config.json) there, "
-    "or point to it with data_dir=/path or CLBENCH_DATA=/path, or set data.hub_repo=<org/name> when online"
+    "or point to it with data.data_dir=/path or CLBENCH_DATA=/path, or set data.hub_repo=<org/name> when online"
 )
 
 
-class TaskDataError(ValueError):
+class TaskDataError(ClbenchError, ValueError):
     """A task's data is missing or malformed; the message names the file and record."""
 
 
@@ -138,6 +140,10 @@ def _load_json(path: Path) -> Any:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise TaskDataError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise TaskDataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:  # unreadable: permissions, a folder where a file should be, I/O errors
+        raise TaskDataError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def _validate_records(records: Any, labels: list[str], path: Path) -> list[dict[str, str]]:
@@ -254,7 +260,9 @@ def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | Non
             raise TaskDataError(f"unknown stream {name!r}; known streams: {', '.join(streams)}")
         spec = streams[name]
     else:
+        # a custom order is its own stream: named after its tasks, never ranked as the stream it was derived from
         spec = {"tasks": list(tasks), "missing": "error"}
+        name = "custom:" + "+".join(tasks)
     missing = missing or spec.get("missing", "error")
     if missing not in ("error", "skip"):
         raise TaskDataError(f"stream {name!r}: missing must be 'error' or 'skip', got {missing!r}")

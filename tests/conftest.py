@@ -9,7 +9,7 @@ CONF = ROOT / "conf"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("CLBENCH_TEST_THREADS", "2")))  # 1 when sharing the cores
 
 
 def compose_cfg(overrides: list[str]):

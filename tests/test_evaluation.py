@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from benchmark.data import Encoded, Encoder, collate_train
+from benchmark.errors import ClbenchError
 from benchmark.evaluation import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
                                   loglik_scores_pairs, normalize_answer, nll_sum)
 from benchmark.model import tiny_model
@@ -77,7 +78,7 @@ def test_both_modes_score_a_learned_task_and_agree():
 
 def test_unknown_mode_is_rejected():
     model, tok = tiny_model()
-    with pytest.raises(ValueError, match="eval.mode"):
+    with pytest.raises(ClbenchError, match="eval.mode"):
         accuracy(model, [Encoded((1,), (2,), 0, "t")], ["a"], Encoder(tok), EvalConfig(mode="beam"), "cpu")
 
 

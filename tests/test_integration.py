@@ -55,6 +55,33 @@ def _metrics(results: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy,port", [("replay", 29541), ("olora", 29542), ("migu", 29543)])
+def test_two_cpu_processes_run_stateful_strategies_like_one(strategy, port, tmp_path):
+    """DDP over gloo for strategies with a buffer (replay), per-task adapters (O-LoRA) and gradient masks (MIGU):
+    same global batch, same steps, same zero-shot row, and the masks/adapters/buffers agree across ranks well
+    enough that the accuracies stay close."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = TINY + [f"strategy={strategy}", "leaderboard=false", "trainer.lr=1e-2", "trainer.device=cpu"]
+    if strategy == "replay":
+        common.append("strategy.buffer.fraction=0.25")
+    p1 = subprocess.run([sys.executable, "-m", "benchmark.cli", *common, "trainer.batch_size=4", f"results_dir={one}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
+    assert p1.returncode == 0, p1.stderr[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                "-m", "benchmark.cli"]
+    p2 = subprocess.run([*launcher, *common, "trainer.batch_size=2", f"results_dir={two}"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, env=_env())
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a, b = _metrics(one), _metrics(two)
+    assert b["cost"]["processes"] == 2 and b["strategy"]["name"] == strategy
+    assert [s["steps"] for s in a["stages"]] == [s["steps"] for s in b["stages"]]
+    assert [s["examples"] for s in a["stages"]] == [s["examples"] for s in b["stages"]]  # replay sets agree
+    assert a["matrix"]["values"][0] == b["matrix"]["values"][0]
+    for ra, rb in zip(a["matrix"]["values"], b["matrix"]["values"]):
+        assert all(abs(x - y) <= 15.0 for x, y in zip(ra, rb))
+
+
+@pytest.mark.slow
 def test_two_cpu_processes_give_the_same_metrics_as_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = TINY + ["strategy=seq_lora", "leaderboard=false", "trainer.lr=1e-2", "trainer.device=cpu"]
@@ -144,3 +171,23 @@ def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
         page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
         browser.close()
     assert (shots / "leaderboard.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_cold_and_warm_model_cache_give_identical_records(tmp_path):
+    """The first run converts SmolLM2 inside the process, after the seed is set; it must train exactly like a run
+    that finds the model already converted."""
+    common = ["stream.tasks=[agnews]", "data.train_per_class=2", "data.test_per_class=1", "eval.general_passages=2",
+              "eval.general_tokens=32", "trainer.max_steps_per_task=2", "trainer.max_prompt_tokens=64", "leaderboard=false",
+              f"model.cache_dir={tmp_path / 'cache'}"]
+    recs = []
+    for name in ("cold", "warm"):
+        p = subprocess.run([sys.executable, "-m", "benchmark.cli", *common, f"results_dir={tmp_path / name}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=900, env=_env())
+        assert p.returncode == 0, p.stderr[-2000:]
+        recs.append(_metrics(tmp_path / name))
+    cold, warm = recs
+    assert (tmp_path / "cache" / "smollm2-135m" / "model.safetensors").is_file()
+    assert cold["matrix"]["values"] == warm["matrix"]["values"]
+    assert cold["metrics"] == warm["metrics"]
+    assert [s["mean_loss"] for s in cold["stages"]] == [s["mean_loss"] for s in warm["stages"]]

@@ -102,3 +102,18 @@ def test_leaderboard_cli(tmp_path):
     assert leaderboard_main([str(runs)]) == 0
     assert (tmp_path / "LEADERBOARD.md").is_file()
     assert leaderboard_main([str(tmp_path / "nothing")]) == 2
+
+
+def test_leaderboard_cli_refuses_a_folder_without_valid_records(tmp_path, capsys):
+    from benchmark.cli import leaderboard_main
+
+    runs = tmp_path / "runs"
+    records.write_record(_rec(), runs)
+    assert leaderboard_main([str(runs)]) == 0
+    before = (tmp_path / "LEADERBOARD.md").read_bytes()
+    for p in runs.iterdir():
+        p.unlink()
+    (runs / "broken.json").write_text("[", encoding="utf-8")
+    assert leaderboard_main([str(runs)]) == 2
+    assert f"no valid run records in {runs}" in capsys.readouterr().err
+    assert (tmp_path / "LEADERBOARD.md").read_bytes() == before

@@ -33,7 +33,7 @@ def test_record_carries_full_provenance(tiny_run):
     for key in ("config", "seed", "stream", "strategy", "model", "matrix", "metrics", "cost", "provenance", "stages"):
         assert key in rec
     prov = rec["provenance"]
-    assert set(prov) == {"git", "packages", "hardware"}
+    assert set(prov) == {"git", "packages", "hardware", "environment"}
     assert prov["packages"]["torch"] and prov["hardware"]["cpu_count"]
     assert rec["stream"]["splits"]["dbpedia"]["train"]["derived"].startswith("3800 records held out of test")
     assert rec["matrix"]["rows"][0] == "zero-shot" and len(rec["matrix"]["values"]) == 4
@@ -144,7 +144,7 @@ def test_cli_missing_data_folder_says_where_to_put_it(tmp_path):
     p = _cli("model=tiny", f"results_dir={tmp_path}", f"data.data_dir={tmp_path / 'none'}")
     assert p.returncode == 2
     assert f"benchmark data folder not found at {tmp_path / 'none'}" in p.stderr
-    assert "CLBENCH_DATA" in p.stderr
+    assert "CLBENCH_DATA" in p.stderr and "data.data_dir=/path" in p.stderr  # the form that works on the command line
 
 
 def test_toy_strategy_from_the_tests_folder_registers_and_runs(tiny_run, tmp_path):

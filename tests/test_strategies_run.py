@@ -213,7 +213,13 @@ def test_ilora_first_task_trains_without_replay_or_consistency(tiny_run):
 
 def test_every_row_and_gere_reference_use_the_training_precision(tiny_run, monkeypatch):
     """bf16 autocast on CPU: the zero-shot row, later rows and GeRe's reference states all run under it."""
+    from accelerate.state import AcceleratorState
+
     from benchmark import evaluation
+
+    # accelerate keeps one precision per process; earlier tests in this process set "no" (accelerate's own tests
+    # reset it the same way)
+    AcceleratorState._reset_state()
 
     states = []
     real = evaluation.accuracy
@@ -233,6 +239,9 @@ def test_every_row_and_gere_reference_use_the_training_precision(tiny_run, monke
         return res
 
     s.loss = loss
-    tiny_run("trainer.mixed_precision=bf16", strategy=s)
+    try:
+        tiny_run("trainer.mixed_precision=bf16", strategy=s)
+    finally:
+        AcceleratorState._reset_state()
     assert states and all(states), "every evaluation row runs under the training autocast"
     assert tms[0] == 0.0, "the margin loss is 0 at step 0 when reference and training share a precision"

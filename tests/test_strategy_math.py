@@ -241,3 +241,30 @@ def test_stage_epochs_per_task():
     assert stage_epochs(tcfg, [t("MNLI")]) == 2 and stage_epochs(tcfg, [t("RTE")]) == 1
     assert stage_epochs(tcfg, [t("MNLI"), t("RTE")]) == 1  # a joint (MTL) stage uses trainer.epochs
     assert [list(w) for w in accumulation_windows(5, 2)] == [[0, 1], [2, 3], [4]]
+
+
+def test_olora_long_sets_the_scripts_per_task_epochs_and_lambdas():
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["strategy=olora_long"])
+    assert cfg.trainer.epochs_per_task == {"MNLI": 2} and cfg.trainer.epochs == 1
+    assert cfg.strategy["name"] == "olora" and cfg.strategy["lambda1_per_task"]["dbpedia"] == 5.0
+    assert compose_cfg(["strategy=olora"]).trainer.epochs_per_task == {}
+
+
+def test_gere_draws_different_general_rows_on_each_process():
+    from types import SimpleNamespace
+
+    from benchmark.data import Encoder
+    from benchmark.model import tiny_model
+    from strategies.base import build
+
+    draws = []
+    for rank in (0, 1):
+        model, tok = tiny_model()
+        g = build({"name": "gere", "n_samples": 16, "max_tokens": 16, "per_batch": 4})
+        ctx = SimpleNamespace(encoder=Encoder(tok, 64), tokenizer=tok, seed=3,
+                              accelerator=SimpleNamespace(process_index=rank))
+        g.prepare_model(model, ctx)
+        draws.append([g._general_batch()[0] for _ in range(5)])
+    assert draws[0] != draws[1]

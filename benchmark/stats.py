@@ -1,0 +1,141 @@
+"""Small, dependency-free statistics for the leaderboard: Student t, seed intervals, paired tests, bootstrap.
+
+scipy is not a dependency, so the t distribution is computed here from the regularised incomplete beta
+function (continued fraction, as in Numerical Recipes 6.4); the quantile is found by bisection on the CDF.
+Everything is deterministic: the same inputs give the same floats, so the leaderboard stays a pure function
+of the records.
+"""
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from typing import Callable, Sequence
+
+LEVEL = 0.95
+ALPHA = 0.05
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    # modified Lentz; converges fast for x < (a + 1) / (a + b + 2), which the caller guarantees
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            break
+    return h
+
+
+def regularized_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), the CDF of a Beta(a, b) variable at x."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _beta_continued_fraction(a, b, x) / a
+    # the symmetry I_x(a, b) = 1 - I_{1-x}(b, a) keeps the continued fraction in its fast region
+    return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with df degrees of freedom."""
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    tail = 0.5 * regularized_beta(df / (df + t * t), df / 2, 0.5)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The t with P(T <= t) = p, by bisection (the CDF is monotone, so this cannot miss)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"t_quantile needs 0 < p < 1, got {p}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None below two values)."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
+    """mean ± t_{(1+level)/2, n-1} * sd / sqrt(n): the interval for the mean over seeds; None below two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    mean, sd = mean_sd(values)
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict:
+    """Paired comparison of a against b (same seeds, same order): mean of a - b, its t-interval, two-sided p.
+
+    With fewer than two pairs there is no spread, so interval and p are None. Identical non-zero differences
+    (sd 0) give p 0; all-zero differences give p 1.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired_t_test needs equal lengths, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b)]
+    n = len(diffs)
+    mean = statistics.fmean(diffs) if diffs else None
+    if n < 2:
+        return {"n": n, "diff": mean, "ci": None, "p": None}
+    sd = statistics.stdev(diffs)
+    if sd == 0.0:
+        p = 1.0 if mean == 0.0 else 0.0
+    else:
+        p = 2.0 * (1.0 - t_cdf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    return {"n": n, "diff": mean, "ci": t_interval(diffs, level), "p": min(1.0, p)}
+
+
+def macro_accuracy(correct: Sequence[Sequence[float]]) -> float:
+    """Mean over tasks of each task's mean correctness: the AA of one matrix row, from per-example results."""
+    return statistics.fmean(statistics.fmean(v) for v in correct)
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    # linear interpolation between order statistics (numpy's default), so tiny resample counts still work
+    pos = q * (len(sorted_values) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def bootstrap_ci(values_fn: Callable[[list[list[float]]], float], samples: Sequence[Sequence[float]], *,
+                 n_resamples: int = 2000, level: float = LEVEL, seed: int = 0) -> dict:
+    """Percentile bootstrap over test examples.
+
+    `samples` holds one per-example correctness vector per task; each resample redraws every vector with
+    replacement at its own size (stratified by task, so a task's weight in a macro mean never changes) and
+    applies `values_fn` to the redrawn vectors. Seeded, so the same call gives the same interval.
+    """
+    if n_resamples < 1 or any(len(v) == 0 for v in samples):
+        raise ValueError("bootstrap_ci needs n_resamples >= 1 and no empty sample vector")
+    rng = random.Random(seed)
+    stats = sorted(values_fn([rng.choices(list(v), k=len(v)) for v in samples]) for _ in range(n_resamples))
+    tail = (1 - level) / 2
+    return {"estimate": values_fn([list(v) for v in samples]), "ci": (_percentile(stats, tail), _percentile(stats, 1 - tail)),
+            "n_resamples": n_resamples, "level": level, "seed": seed}
