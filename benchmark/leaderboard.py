@@ -24,7 +24,7 @@ from typing import Any
 from benchmark import stats
 from benchmark.errors import ClbenchError
 from benchmark.metrics import all_metrics
-from benchmark.records import RecordError, canonical_json, load_record
+from benchmark.records import BOOKKEEPING, RecordError, canonical_json, identity_config, load_record
 
 QUALITY = [("aa", "AA"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"), ("ppl_rel_change", "Gen. ppl change")]
 COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb", "Peak MB"), ("trainable_params", "Trainable")]
@@ -32,7 +32,6 @@ COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb
 PAIRED = ("aa", "bwt", "fwt", "forgetting")
 DEFAULT_BASELINE = "seq_lora"
 # the keys records.config_hash leaves out: they never change results, so they never set rows apart
-BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
 # a paired comparison needs everything equal except the strategy itself
 NOT_COMPARED = BOOKKEEPING + ("strategy",)
 SUCCESS = (None, "ok", "completed")
@@ -231,7 +230,7 @@ def _without(config: dict, keys: tuple[str, ...]) -> dict:
 
 def _comparison_key(rec: dict) -> str:
     return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
-                           _without(rec["config"], NOT_COMPARED)])
+                           _without(identity_config(rec["config"]), NOT_COMPARED)])
 
 
 def _metric_summary(values: list[float]) -> dict[str, Any]:
@@ -247,7 +246,7 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
         "seeds": [r["seed"] for _, r in runs], "n": len(runs),
         "runs": [{"file": p.name, "seed": r["seed"], "matrix": r["matrix"],
                   "metrics": {k: r["metrics"].get(k) for k, _ in QUALITY}} for p, r in runs],
-        "flat_config": _flatten(_without(runs[0][1]["config"], BOOKKEEPING)),
+        "flat_config": _flatten(identity_config(runs[0][1]["config"])),
         "match": _comparison_key(runs[0][1]),
     }
     for k, _ in QUALITY:

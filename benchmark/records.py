@@ -30,12 +30,28 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
+# keys that do not change results; seed too, so that runs differing only in seed share a hash (a leaderboard row)
+BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
+# settings added after records were published, with the default that keeps the earlier behaviour: a config that
+# holds the default is identified as one without the key, so a new setting does not split existing groups
+LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}}
+
+
+def identity_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's config that identifies its results (a copy)."""
+    cleaned = json.loads(canonical_json({k: v for k, v in config.items() if k not in BOOKKEEPING}))
+    for path, default in LATER_DEFAULTS.items():
+        node = cleaned
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
+            del node[path[-1]]
+    return cleaned
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    """Identity of a run's configuration, without the bookkeeping keys that do not change results."""
-    # seed excluded: runs that differ only in seed share a hash, which is how the leaderboard groups them
-    cleaned = {k: v for k, v in config.items()
-               if k not in ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")}
-    return hashlib.sha256(canonical_json(cleaned).encode()).hexdigest()[:12]
+    """Identity of a run's configuration: a hash of identity_config."""
+    return hashlib.sha256(canonical_json(identity_config(config)).encode()).hexdigest()[:12]
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any]:
@@ -229,6 +245,8 @@ def load_records(runs_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], lis
     """(records, problems): every *.json under runs_dir, sorted by name; unreadable ones reported, not dropped silently."""
     good, bad = [], []
     for p in sorted(Path(runs_dir).glob("*.json")):
+        if p.name.startswith(".tmp-"):  # write_record's temp file, in flight or left by a crash: never a record
+            continue
         try:
             good.append((p, load_record(p)))
         except RecordError as e:

@@ -117,3 +117,14 @@ def test_leaderboard_cli_refuses_a_folder_without_valid_records(tmp_path, capsys
     assert leaderboard_main([str(runs)]) == 2
     assert f"no valid run records in {runs}" in capsys.readouterr().err
     assert (tmp_path / "LEADERBOARD.md").read_bytes() == before
+
+
+def test_a_setting_added_later_at_its_default_keeps_the_config_identity():
+    from benchmark.records import config_hash, identity_config
+
+    old = {"seed": 1, "trainer": {"lr": 0.001}, "strategy": {"name": "seq_lora"}}
+    new = {"seed": 2, "trainer": {"lr": 0.001, "epochs_per_task": {}}, "strategy": {"name": "seq_lora"}}
+    assert config_hash(old) == config_hash(new) and identity_config(new) == {k: v for k, v in old.items() if k != "seed"}
+    changed = {**new, "trainer": {"lr": 0.001, "epochs_per_task": {"MNLI": 2}}}
+    assert config_hash(changed) != config_hash(old)
+    assert new["trainer"] == {"lr": 0.001, "epochs_per_task": {}}  # the record's own config is not modified
