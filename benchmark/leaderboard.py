@@ -24,7 +24,7 @@ from typing import Any
 from benchmark import stats
 from benchmark.errors import ClbenchError
 from benchmark.metrics import all_metrics
-from benchmark.records import BOOKKEEPING, RecordError, canonical_json, identity_config, load_record
+from benchmark.records import BOOKKEEPING, RecordError, canonical_json, identity_config, load_record, load_records
 
 QUALITY = [("aa", "AA"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"), ("ppl_rel_change", "Gen. ppl change")]
 COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb", "Peak MB"), ("trainable_params", "Trainable")]
@@ -51,11 +51,6 @@ class _BareConstant:
 
     def __init__(self, token: str):
         self.token = token
-
-
-def _is_temp(name: str) -> bool:
-    # records.write_record and _atomic_write stage files as .tmp-*.json before linking/renaming them
-    return name.startswith(".tmp-") or name.endswith(".tmp")
 
 
 def _is_number(v: Any) -> bool:
@@ -172,16 +167,8 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 def load_valid(runs_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
-    """(records, problems) for every *.json under runs_dir but temp files, sorted by name."""
-    good, bad = [], []
-    for p in sorted(Path(runs_dir).glob("*.json")):
-        if _is_temp(p.name):
-            continue
-        try:
-            good.append((p, read_record(p)))
-        except RecordError as e:
-            bad.append(str(e))
-    return good, bad
+    """(records, problems) for every *.json under runs_dir but temp files, sorted by name, read strictly."""
+    return load_records(runs_dir, reader=read_record)
 
 
 def drop_duplicates(recs: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, Path]]]:

@@ -241,14 +241,21 @@ def load_record(path: Path) -> dict[str, Any]:
     return rec
 
 
-def load_records(runs_dir: Path) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
-    """(records, problems): every *.json under runs_dir, sorted by name; unreadable ones reported, not dropped silently."""
+def is_temp_name(name: str) -> bool:
+    # write_record and the leaderboard's writer stage files as .tmp-*.json / *.tmp, in flight or left by a crash
+    return name.startswith(".tmp-") or name.endswith(".tmp")
+
+
+def load_records(runs_dir: Path, reader=None) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:
+    """(records, problems): every *.json under runs_dir but temp files, sorted by name, read with `reader`
+    (load_record by default); unreadable ones reported, not dropped silently."""
+    reader = reader or load_record
     good, bad = [], []
     for p in sorted(Path(runs_dir).glob("*.json")):
-        if p.name.startswith(".tmp-"):  # write_record's temp file, in flight or left by a crash: never a record
+        if is_temp_name(p.name):
             continue
         try:
-            good.append((p, load_record(p)))
+            good.append((p, reader(p)))
         except RecordError as e:
             bad.append(str(e))
     return good, bad
