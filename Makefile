@@ -39,8 +39,10 @@ test-fast: $(STAMP)
 sweep: $(STAMP)
 	$(BIN)/clbench-run -m hydra/launcher=joblib_local strategy=seq_lora,replay seed=1,2
 
+# your own runs by default; an example set: make leaderboard RUNS=results/examples/cpu_generate/runs
+RUNS ?= results/runs
 leaderboard: $(STAMP)
-	$(BIN)/clbench-leaderboard results/runs
+	$(BIN)/clbench-leaderboard $(RUNS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/perf.py

@@ -6,9 +6,9 @@
 # Replay is MIGU's LoRAReplay (mode mix) keeping 10% of each finished task (2% of these small training sets would
 # be 4 dbpedia examples and no amazon one). GeRe replays 64 general passages of 128 tokens, 2 per batch of 8.
 # Usage: bash bench/cpu_forgetting.sh [results_dir] [strategies...]
-#   e.g. bash bench/cpu_forgetting.sh results/cpu_generate replay ilora gere     (about 15-45 min per strategy)
+#   e.g. bash bench/cpu_forgetting.sh results/examples/cpu_generate replay ilora gere     (about 15-45 min per strategy)
 set -euo pipefail
-RESULTS=${1:-results/cpu_generate}
+RESULTS=${1:-results/examples/cpu_generate}
 shift || true
 STRATEGIES=("${@:-seq_lora olora migu replay ilora gere}")
 BIN=${BIN:-.venv/bin}

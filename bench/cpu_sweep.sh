@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The CPU strategy comparison behind README's example leaderboard: SmolLM2-135M + LoRA on the demo stream
-# (dbpedia -> amazon -> agnews, standard order 1 without the absent yahoo), 12 train / 6 test examples per
-# class, 3 seeds, one run at a time on 2 cores. Replay keeps 10% of each finished task (2% of these tiny
-# training sets would be 1-3 examples). Usage: bash bench/cpu_sweep.sh [results_dir]
+# The CPU strategy comparison behind README's example leaderboard results/examples/cpu_loglik/: SmolLM2-135M +
+# LoRA on the demo stream (dbpedia -> amazon -> agnews, standard order 1 without the absent yahoo), 12 train /
+# 6 test examples per class, 3 seeds, one run at a time on 2 cores. Replay keeps 10% of each finished task (2% of
+# these tiny training sets would be 1-3 examples). Usage: bash bench/cpu_sweep.sh [results_dir]
 set -euo pipefail
-RESULTS=${1:-results}
+RESULTS=${1:-results/examples/cpu_loglik}
 COMMON=(data.train_per_class=12 data.test_per_class=6 eval.general_passages=8 seed=1,2,3 results_dir=$RESULTS leaderboard=false)
 BIN=${BIN:-.venv/bin}
 for s in seq_lora olora migu ilora; do

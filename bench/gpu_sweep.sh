@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU strategy comparison: SmolLM2-135M + LoRA on the demo stream (dbpedia -> amazon -> agnews), 64 train /
 # 16 test examples per class, bf16 autocast, 3 seeds run side by side on one GPU. Usage:
-#   bash bench/gpu_sweep.sh RESULTS_DIR STRATEGY [STRATEGY ...]
+#   bash bench/gpu_sweep.sh RESULTS_DIR STRATEGY [STRATEGY ...]    (the committed set: results/examples/gpu_h100)
+# then: clbench-leaderboard RESULTS_DIR/runs
 set -uo pipefail
 RESULTS=$1; shift
 CLI=${CLI:-python3 -m benchmark.cli}

@@ -241,11 +241,11 @@ def at_second_task(args, name: str):
     task1, warm1, _ = _split(ctx, 0, args)
     task2, warm2, timed = _split(ctx, 1, args)
     ctx.stage, ctx.tasks = 1, [task1]
-    strat.before_task(ctx)
+    strat.before_stage(ctx)
     train_stage(ctx, strat, warm1)
-    strat.after_task(ctx)
+    strat.after_stage(ctx)
     ctx.stage, ctx.tasks = 2, [task2]
-    strat.before_task(ctx)
+    strat.before_stage(ctx)
     train_stage(ctx, strat, warm2)
     return ctx, strat, timed
 

@@ -19,8 +19,6 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from benchmark.config import register_configs  # noqa: E402
 from benchmark.errors import PROGRESS, ClbenchError  # noqa: E402
 
-register_configs()
-
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
 
@@ -68,16 +66,30 @@ def _format_matrix(rec: dict) -> str:
 def _summary(rec: dict, path: Path) -> str:
     met = rec["metrics"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
-    return (f"\naccuracy matrix (%), {rec['strategy']['name']} on {rec['stream']['name']}, seed {rec['seed']}:\n"
+    mode = rec.get("primary_mode", rec.get("eval_mode"))
+    others = "".join(f"\n{m} scores: AA {fmt(s['metrics']['aa'])}  BWT {fmt(s['metrics']['bwt'])}"
+                     for m, s in (rec.get("scores") or {}).items() if m != mode)
+    anatomy = ((rec.get("anatomy") or {}).get("summary") or {})
+    wrong = (f"\nwrong answers on earlier tasks after the last stage: {fmt(anatomy['other_task_label_pct'])} % another "
+             f"task's label, {fmt(anatomy['same_task_label_pct'])} % another label of the task, "
+             f"{fmt(anatomy['no_label_pct'])} % no label") if anatomy.get("wrong") else ""
+    return (f"\naccuracy matrix (%, {mode}), {rec['strategy']['name']} on {rec['stream']['name']}, seed {rec['seed']}:\n"
             f"{_format_matrix(rec)}\n"
             f"AA {fmt(met['aa'])}  BWT {fmt(met['bwt'])}  FWT {fmt(met['fwt'])}  forgetting {fmt(met['forgetting'])}  "
-            f"general ppl {fmt(met.get('ppl_before'))} -> {fmt(met.get('ppl_after'))}\n"
+            f"general ppl {fmt(met.get('ppl_before'))} -> {fmt(met.get('ppl_after'))}{others}{wrong}\n"
             f"record: {path}  ({rec['cost']['wall_s']:.0f} s)")
 
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     execute(cfg)
+
+
+def main() -> None:
+    # here rather than at import: the strategies' defaults import every strategy (torch, peft), which
+    # clbench-leaderboard, in this module too, never needs
+    register_configs()
+    _hydra_main()
 
 
 def execute(cfg: DictConfig) -> None:
@@ -114,13 +126,18 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output folder (default: the parent of RUNS)")
     ap.add_argument("--baseline", default=leaderboard.DEFAULT_BASELINE,
                     help="strategy every row is compared with, paired over seeds (default %(default)s)")
+    ap.add_argument("--mode", default=leaderboard.DEFAULT_MODE, choices=leaderboard.MODES,
+                    help="which scores the Markdown and CSV tables show (default %(default)s; the HTML page shows both)")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     if not runs.is_dir():
-        print(f"clbench-leaderboard: error: no run-record folder at {runs}", file=sys.stderr)
+        # a fresh checkout has no results/runs until the first clbench-run: point at what exists instead
+        print(f"clbench-leaderboard: error: no run-record folder at {runs} (clbench-run writes one; the committed "
+              "example sets are results/examples/<name>/runs)", file=sys.stderr)
         return 2
     try:
-        out = leaderboard.regenerate(runs, Path(args.out) if args.out else runs.parent, baseline=args.baseline)
+        out = leaderboard.regenerate(runs, Path(args.out) if args.out else runs.parent, baseline=args.baseline,
+                                     mode=args.mode)
     except ClbenchError as e:
         if os.environ.get("CLBENCH_DEBUG"):
             raise

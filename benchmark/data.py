@@ -21,17 +21,51 @@ class Encoded:
     task: str
 
 
-class Encoder:
-    """Caches tokenizations: a prompt piece is tokenized once whatever the number of runs or evaluations."""
+PLACEHOLDER = "\x00clbench-prompt\x00"
 
-    def __init__(self, tokenizer, max_prompt_tokens: int = 256):
+
+def chat_turn(tokenizer) -> tuple[str, str]:
+    """The text the tokenizer's chat template puts before and after a user message, generation prompt included
+    (for SmolLM2-Instruct: its default system turn, `<|im_start|>user\n` ... `<|im_end|>\n<|im_start|>assistant\n`)."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": PLACEHOLDER}], tokenize=False,
+                                         add_generation_prompt=True)
+    before, sep, after = text.partition(PLACEHOLDER)
+    if not sep:
+        from benchmark.errors import ClbenchError
+
+        raise ClbenchError("the tokenizer's chat template does not place the user message verbatim; use data.chat_template=off")
+    return before, after
+
+
+def use_chat_template(mode: str, tokenizer, model_name: str) -> bool:
+    """data.chat_template: auto = when the tokenizer has a template, on = required, off = never."""
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "on" and not has:
+        from benchmark.errors import ClbenchError
+
+        raise ClbenchError(f"data.chat_template=on but the tokenizer of model {model_name!r} has no chat template "
+                           "(use auto or off)")
+    return has if mode == "auto" else mode == "on"
+
+
+class Encoder:
+    """Caches tokenizations: a prompt piece is tokenized once whatever the number of runs or evaluations.
+
+    With `chat` the prompt becomes the user turn of the tokenizer's chat template and the answer the assistant
+    turn, ended by the tokenizer's eos (for chat models the end-of-turn token), for training and evaluation alike.
+    """
+
+    def __init__(self, tokenizer, max_prompt_tokens: int = 256, chat: bool = False):
         self.tok = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
+        self.chat = chat
         self._cache: dict[str, tuple[int, ...]] = {}
         if tokenizer.eos_token_id is None:
             from benchmark.errors import ClbenchError
 
             raise ClbenchError("the tokenizer has no eos token; set one so that answers can end")
+        before, after = chat_turn(tokenizer) if chat else ("", "")
+        self.turn = (self.ids(before) if before else (), self.ids(after) if after else ())
 
     def ids(self, text: str) -> tuple[int, ...]:
         hit = self._cache.get(text)
@@ -40,13 +74,15 @@ class Encoder:
         return hit
 
     def answer(self, label: str) -> tuple[int, ...]:
-        # a leading space keeps "Answer: World" tokenized as a natural continuation
-        return self.ids(" " + label) + (self.tok.eos_token_id,)
+        # plain text: a leading space keeps "Answer: World" a natural continuation; in a chat the assistant turn
+        # starts on its own line, so the label comes bare
+        return self.ids(label if self.chat else " " + label) + (self.tok.eos_token_id,)
 
     def prompt(self, ex: Example) -> tuple[int, ...]:
         head, tail = self.ids(ex.head), self.ids(ex.tail)
-        room = max(self.max_prompt_tokens - len(head) - len(tail), 8)
-        return head + self.ids(ex.sentence)[:room] + tail  # only the sentence is truncated
+        before, after = self.turn
+        room = max(self.max_prompt_tokens - len(before) - len(head) - len(tail) - len(after), 8)
+        return before + head + self.ids(ex.sentence)[:room] + tail + after  # only the sentence is truncated
 
     def encode(self, task: Task, examples: list[Example]) -> list[Encoded]:
         index = {label: i for i, label in enumerate(task.labels)}

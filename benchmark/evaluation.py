@@ -1,6 +1,17 @@
-"""Evaluation: label log-likelihood ranking (default) or greedy generation with exact match (the papers' mode)."""
+"""Evaluation: every example is scored both ways in one pass, unless `eval.mode` asks for one.
+
+- generation (the papers' mode): greedy decoding of up to `max_new_tokens` (50, the papers' limit), a row stopping
+  at EOS and the batch when every row has stopped; exact match after SQuAD-style normalisation.
+- label log-likelihood: the label whose answer tokens are most probable after the prompt.
+
+Sharing the prompt: one forward of the prompt with every label packed after it (LabelPack) gives the label
+scores, the logits that start generation and, cropped to the prompt, the KV cache that generation continues from.
+Models whose attention kernel takes no custom mask (flash attention) score labels from a repeated prompt cache
+and generate from a second prompt forward.
+"""
 from __future__ import annotations
 
+import inspect
 import math
 import string
 from dataclasses import dataclass
@@ -9,16 +20,40 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark.data import Encoded, length_bucketed_batches, pad_batch
+from benchmark.errors import ClbenchError
+
+MODES = ("both", "generate", "loglik")
+PAPERS_MAX_NEW_TOKENS = 50
 
 
 @dataclass
 class EvalConfig:
-    mode: str = "loglik"  # loglik | generate
+    mode: str = "both"  # both | generate | loglik: which scores every evaluation computes
     batch_size: int = 16
     normalize: bool = False  # loglik: rank by mean instead of summed answer log-probability
-    max_new_tokens: int = 0  # generate: 0 = longest label + 2 tokens
+    max_new_tokens: int = PAPERS_MAX_NEW_TOKENS  # generate: a row stops earlier at EOS
     general_passages: int = 16  # general-ability perplexity passages (0 = off)
     general_tokens: int = 128
+
+    def __post_init__(self):
+        problems = [
+            None if self.mode in MODES else f"eval.mode must be one of {'|'.join(MODES)}, got {self.mode!r}",
+            None if self.batch_size >= 1 else f"eval.batch_size must be >= 1, got {self.batch_size}",
+            None if self.max_new_tokens >= 1 else f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}",
+            None if self.general_passages >= 0 else f"eval.general_passages must be >= 0, got {self.general_passages}",
+            None if self.general_tokens >= 2 else f"eval.general_tokens must be >= 2, got {self.general_tokens}",
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ClbenchError("; ".join(problems))
+
+    @property
+    def generates(self) -> bool:
+        return self.mode in ("both", "generate")
+
+    @property
+    def ranks_labels(self) -> bool:
+        return self.mode in ("both", "loglik")
 
 
 def normalize_answer(text: str) -> str:
@@ -163,13 +198,14 @@ def loglik_scores_cached(model, examples: list[Encoded], answers: list[tuple[int
         lp = torch.zeros(B, n_lab, width, device=device)
         lp[:, :, 0] = _token_logp(out.logits[:, -1:].expand(B, n_lab, -1), ans[None, :, 0].expand(B, -1))
         if width > 1:
-            cache = out.past_key_values
+            cache = _cache_of(out)
             cache.batch_repeat_interleave(n_lab)
             cont = ans[:, :-1].repeat(B, 1)  # row b*n_lab + l: label l after prompt b
             cont_mask = torch.cat([mask.repeat_interleave(n_lab, 0), ans_mask[:, :-1].repeat(B, 1)], dim=1)
             start = mask.sum(-1).repeat_interleave(n_lab)[:, None]
             cont_pos = start + torch.arange(width - 1, device=device)[None]
-            logits = model(input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos, past_key_values=cache).logits
+            logits = model(input_ids=cont, attention_mask=cont_mask, position_ids=cont_pos,
+                           **{_cache_kw(model): cache}).logits
             lp[:, :, 1:] = _token_logp(logits, ans[:, 1:].repeat(B, 1)).view(B, n_lab, width - 1)
         lp = lp * ans_mask[None]
         summed = lp.sum(-1)
@@ -196,29 +232,123 @@ def generate_predictions(model, examples: list[Encoded], pad_id: int, eos_id: in
     return out
 
 
+@dataclass
+class Scored:
+    """One example's evaluation: what generation produced and which label the log-likelihood chose."""
+
+    index: int  # position in the task's test list
+    generation: str | None = None  # decoded, special tokens skipped, cut at EOS
+    gen_tokens: int | None = None  # new tokens before EOS
+    hit_limit: bool | None = None  # no EOS within max_new_tokens
+    choice: int | None = None  # the label index with the highest log-likelihood
+    margin: float | None = None  # its score minus the runner-up's
+
+
+def _cache_kw(model) -> str:
+    # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40); 4.x knows the old one
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT forwards **kwargs
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+
+
+def _greedy(model, ids, mask, first_logits, cache, max_new_tokens: int, eos_id: int, pad_id: int):
+    """Greedy continuation of left-padded prompts whose KV cache and last-position logits exist already.
+    Returns [B, max_new_tokens] tokens (pad after a row's EOS) and, per row, whether EOS came."""
+    B = ids.shape[0]
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    next_tok = first_logits.argmax(-1)
+    lengths = mask.sum(-1)
+    for t in range(max_new_tokens):
+        out[:, t] = torch.where(done, torch.full_like(next_tok, pad_id), next_tok)
+        done |= next_tok == eos_id
+        if t == max_new_tokens - 1 or bool(done.all()):  # one host sync per token, as transformers' generate
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = model(input_ids=next_tok[:, None], attention_mask=mask, position_ids=(lengths + t)[:, None],
+                       use_cache=True, **{_cache_kw(model): cache}).logits[:, -1]
+        next_tok = logits.argmax(-1)
+    return out, done
+
+
+def _prompt_forward(model, prompts, pad_id: int, device):
+    ids, mask, pos = _left_pad(prompts, pad_id, device)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    return ids, mask, out.logits[:, -1], _cache_of(out)
+
+
+def _margins(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if scores.shape[1] == 1:
+        return scores.argmax(-1), torch.full((scores.shape[0],), float("inf"))
+    top = scores.topk(2, dim=-1)
+    return top.indices[:, 0], top.values[:, 0] - top.values[:, 1]
+
+
+@torch.inference_mode()
+def score_examples(model, examples: list[Encoded], answers: list[tuple[int, ...]], pad_id: int, eos_id: int,
+                   cfg: EvalConfig, device, decode, progress: str | None = None) -> list[Scored]:
+    """Every example scored as cfg.mode asks, sharing the prompt's forward between both scores where the
+    attention kernel takes a custom mask (see the module docstring)."""
+    results = [Scored(i) for i in range(len(examples))]
+    packed = cfg.ranks_labels and _takes_custom_mask(model)
+    pack = LabelPack(answers, device) if packed else None
+    dtype = next(model.parameters()).dtype
+    batches = length_bucketed_batches([len(e.prompt) for e in examples], cfg.batch_size, seed=0, shuffle=False,
+                                      window=10**9)
+    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        prompts = [examples[i].prompt for i in batch]
+        scores = first = cache = ids = mask = None
+        if pack is not None:
+            inputs = pack.inputs(prompts, pad_id, dtype)
+            out = model(**inputs, use_cache=cfg.generates)
+            scores = pack.scores(out.logits, cfg.normalize).float().cpu()
+            if cfg.generates:
+                first, cache = out.logits[:, 0], _cache_of(out)
+                # drop the label segments: the prompt's keys and values saw the prompt only (LabelPack's mask);
+                # a negative count means "remove" in transformers 4.x and 5.x alike
+                cache.crop(-len(pack.tokens))
+                ids, mask, _ = _left_pad(prompts, pad_id, device)
+        elif cfg.ranks_labels:
+            scores = loglik_scores_cached(model, [examples[i] for i in batch], answers, pad_id, len(batch), device,
+                                          cfg.normalize)
+        if scores is not None:
+            choice, margin = _margins(scores)
+            for row, i in enumerate(batch):
+                results[i].choice, results[i].margin = int(choice[row]), float(margin[row])
+        if cfg.generates:
+            if cache is None:
+                ids, mask, first, cache = _prompt_forward(model, prompts, pad_id, device)
+            tokens, ended = _greedy(model, ids, mask, first, cache, cfg.max_new_tokens, eos_id, pad_id)
+            for row, i in enumerate(batch):
+                new = tokens[row].tolist()
+                n = new.index(eos_id) if eos_id in new else len(new)
+                r = results[i]
+                r.generation, r.gen_tokens, r.hit_limit = decode(new[:n]), n, not bool(ended[row])
+    return results
+
+
+def _exact_match(generation: str, gold: str) -> bool:
+    return normalize_answer(generation) == normalize_answer(gold)
+
+
 def accuracy(model, examples: list[Encoded], labels: list[str], encoder, cfg: EvalConfig, device,
              rank: int = 0, world: int = 1, progress: str | None = None) -> tuple[int, int]:
-    """(correct, total) on this process's shard of the examples; the caller sums over processes."""
+    """(correct, total) on this process's shard, by generation when cfg.mode computes it, else by label
+    log-likelihood. The runner scores through score_examples and keeps every example's result."""
+    if cfg.mode not in MODES:
+        raise ClbenchError(f"eval.mode must be one of {'|'.join(MODES)}, got {cfg.mode!r}")
     mine = [examples[i] for i in _shard(examples, rank, world)]
     if not mine:
         return 0, 0
-    pad_id = encoder.tok.pad_token_id
-    if cfg.mode == "loglik":
-        answers = [encoder.answer(l) for l in labels]
-        scores = loglik_scores(model, mine, answers, pad_id, cfg.batch_size, device, cfg.normalize, progress)
-        correct = int((scores.argmax(-1) == torch.tensor([e.label for e in mine])).sum())
-    elif cfg.mode == "generate":
-        longest = max(len(encoder.answer(l)) for l in labels)
-        preds = generate_predictions(model, mine, pad_id, encoder.tok.eos_token_id, cfg.batch_size, device,
-                                     cfg.max_new_tokens or longest + 2,
-                                     lambda ids: encoder.tok.decode(ids, skip_special_tokens=True), progress)
-        gold = [normalize_answer(labels[e.label]) for e in mine]
-        correct = sum(normalize_answer(p) == g for p, g in zip(preds, gold))
-    else:
-        from benchmark.errors import ClbenchError
-
-        raise ClbenchError(f"eval.mode must be 'loglik' or 'generate', got {cfg.mode!r}")
-    return correct, len(mine)
+    tok = encoder.tok
+    res = score_examples(model, mine, [encoder.answer(l) for l in labels], tok.pad_token_id, tok.eos_token_id, cfg,
+                         device, lambda ids: tok.decode(ids, skip_special_tokens=True), progress)
+    if cfg.generates:
+        return sum(_exact_match(r.generation, labels[e.label]) for r, e in zip(res, mine)), len(mine)
+    return sum(r.choice == e.label for r, e in zip(res, mine)), len(mine)
 
 
 @torch.inference_mode()

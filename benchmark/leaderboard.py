@@ -21,12 +21,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark import stats
+from benchmark import predictions, stats
 from benchmark.errors import ClbenchError
 from benchmark.metrics import all_metrics
-from benchmark.records import BOOKKEEPING, RecordError, canonical_json, identity_config, load_record, load_records
+from benchmark.records import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record, load_records,
+                               recorded_task_versions)
 
 QUALITY = [("aa", "AA"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"), ("ppl_rel_change", "Gen. ppl change")]
+# the anatomy of the final evaluation's errors on the tasks trained before the last stage (generation only)
+ANATOMY = [("other_task_label_pct", "Errors = other task's label %"), ("no_label_pct", "Errors = no label %")]
+MODES = ("generate", "loglik")
+DEFAULT_MODE = "generate"
 COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb", "Peak MB"), ("trainable_params", "Trainable")]
 # the continual-learning metrics compared against the baseline; the Markdown and HTML tables show the first
 PAIRED = ("aa", "bwt", "fwt", "forgetting")
@@ -160,7 +165,7 @@ def read_record(path: Path) -> dict[str, Any]:
     if reason:
         raise RecordError(f"{path}: {reason}")
     rec = load_record(path)  # schema, required keys, rectangular matrix
-    reason = _defect(rec)
+    reason = _defect(rec) or predictions.problem(rec, path)
     if reason:
         raise RecordError(f"{path}: {reason}")
     return rec
@@ -169,6 +174,25 @@ def read_record(path: Path) -> dict[str, Any]:
 def load_valid(runs_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     """(records, problems) for every *.json under runs_dir but temp files, sorted by name, read strictly."""
     return load_records(runs_dir, reader=read_record)
+
+
+def modes_of(rec: dict) -> list[str]:
+    """The evaluation modes a record has scores for (records made before both were kept have one)."""
+    if isinstance(rec.get("scores"), dict):
+        return [m for m in MODES if m in rec["scores"]]
+    return [rec.get("eval_mode", "loglik")]
+
+
+def view(rec: dict, mode: str) -> dict | None:
+    """The record as seen in one evaluation mode: its matrix, metrics and eval label are that mode's, or None
+    when the record has no scores of that mode."""
+    if mode not in modes_of(rec):
+        return None
+    if not isinstance(rec.get("scores"), dict):
+        return rec
+    scores = rec["scores"][mode]
+    return {**rec, "eval_mode": mode, "matrix": {**rec["matrix"], "values": scores["values"]},
+            "metrics": scores["metrics"]}
 
 
 def drop_duplicates(recs: list[tuple[Path, dict]]) -> tuple[list[tuple[Path, dict]], list[tuple[Path, Path]]]:
@@ -217,7 +241,7 @@ def _without(config: dict, keys: tuple[str, ...]) -> dict:
 
 def _comparison_key(rec: dict) -> str:
     return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
-                           _without(identity_config(rec["config"]), NOT_COMPARED)])
+                           _without(identity_config(rec["config"], recorded_task_versions(rec)), NOT_COMPARED)])
 
 
 def _metric_summary(values: list[float]) -> dict[str, Any]:
@@ -231,17 +255,34 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
         "seeds": [r["seed"] for _, r in runs], "n": len(runs),
-        "runs": [{"file": p.name, "seed": r["seed"], "matrix": r["matrix"],
+        "chat": _chat_text(runs[0][1]),
+        "runs": [{"file": p.name, "seed": r["seed"], "matrix": r["matrix"], "anatomy": _anatomy_rows(r),
                   "metrics": {k: r["metrics"].get(k) for k, _ in QUALITY}} for p, r in runs],
-        "flat_config": _flatten(identity_config(runs[0][1]["config"])),
+        "flat_config": _flatten(identity_config(runs[0][1]["config"], recorded_task_versions(runs[0][1]))),
         "match": _comparison_key(runs[0][1]),
     }
     for k, _ in QUALITY:
         s = _metric_summary([r["metrics"][k] for _, r in runs if r["metrics"].get(k) is not None])
         row[k], row[k + "_sd"], row[k + "_ci"], row[k + "_n"] = s["mean"], s["sd"], s["ci"], s["n"]
+    for k, _ in ANATOMY:
+        values = [v for v in (_anatomy_summary(r).get(k) for _, r in runs) if v is not None]
+        row[k], row[k + "_sd"] = stats.mean_sd(values) if values else (None, None)
     for k, _ in COST:
         row[k], _ = stats.mean_sd([r["cost"][k] for _, r in runs if r["cost"].get(k) is not None])
     return row
+
+
+def _chat_text(rec: dict) -> str:
+    applied = (rec.get("prompt_format") or {}).get("applied")
+    return "n/a" if applied is None else ("on" if applied else "off")
+
+
+def _anatomy_rows(rec: dict) -> list | None:
+    return (rec.get("anatomy") or {}).get("rows") if rec.get("eval_mode") == "generate" else None
+
+
+def _anatomy_summary(rec: dict) -> dict:
+    return ((rec.get("anatomy") or {}).get("summary") or {}) if rec.get("eval_mode") == "generate" else {}
 
 
 def group_runs(recs: list[tuple[Path, dict]]) -> list[dict[str, Any]]:
@@ -369,8 +410,8 @@ def _seeds_text(row: dict) -> str:
 
 def _headers(baseline: str) -> list[str]:
     quality = [h for _, h in QUALITY]
-    return (["Stream", "Model", "Strategy", "Config", "Eval", "Seeds", quality[0], f"AA vs {baseline}"] + quality[1:]
-            + [h for _, h in COST])
+    return (["Stream", "Model", "Strategy", "Config", "Eval", "Chat template", "Seeds", quality[0], f"AA vs {baseline}"]
+            + quality[1:] + [h for _, h in ANATOMY] + [h for _, h in COST])
 
 
 def _explanation(baseline: str) -> list[str]:
@@ -386,7 +427,12 @@ def _explanation(baseline: str) -> list[str]:
         "p < 0.05 (per comparison, not corrected for the number of rows); with fewer than 2 paired seeds the test is "
         "n/a. The CSV carries the same comparison for BWT, FWT and forgetting.",
         "Config: the configuration hash, followed by the settings that set the row apart from the other rows of its "
-        "stream, model and strategy. Cost: means over seeds.",
+        "stream, model and strategy. Chat template: whether prompts were wrapped in the tokenizer's chat template "
+        "(data.chat_template). Cost: means over seeds.",
+        "Errors = other task's label / no label: of the wrong generations after the last stage on the tasks trained "
+        "before it, the % that are a label of another task of the stream (the answer format was overwritten) or no "
+        "label at all (empty, malformed, over-long); the rest are another label of the task itself. Mean ± sd over "
+        "seeds; generation-scored rows only.",
     ]
 
 
@@ -396,8 +442,9 @@ def _md_cell(text: str) -> str:
 
 def _md_row(row: dict) -> list[str]:
     quality = [_fmt_quality(row, k) for k, _ in QUALITY]
-    return ([row["stream"], row["model"], row["strategy"], _config_text(row), row["eval"], _seeds_text(row),
-             quality[0], fmt_vs_baseline(row)] + quality[1:] + [_fmt_cost(k, row[k]) for k, _ in COST])
+    return ([row["stream"], row["model"], row["strategy"], _config_text(row), row["eval"], row["chat"], _seeds_text(row),
+             quality[0], fmt_vs_baseline(row)] + quality[1:] + [_fmt(row[k], row[k + "_sd"]) for k, _ in ANATOMY]
+            + [_fmt_cost(k, row[k]) for k, _ in COST])
 
 
 def _duplicate_lines(duplicates: list[tuple[str, str]]) -> list[str]:
@@ -407,6 +454,9 @@ def _duplicate_lines(duplicates: list[tuple[str, str]]) -> list[str]:
 def markdown(board: dict[str, Any]) -> str:
     out = ["# Leaderboard", "", f"Generated by `clbench-leaderboard` from the run records in `{board['source']}/`.", ""]
     out += [f"- {line}" for line in _explanation(board["baseline"])] + [""]
+    other = next(m for m in MODES if m != board["mode"])
+    out += [f"{_mode_title(board)}. `clbench-leaderboard --mode {other}` shows the {other} scores; leaderboard.html "
+            "shows both.", ""]
     head = _headers(board["baseline"])
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_md_cell(c) for c in _md_row(r)) + " |" for r in board["rows"]]
@@ -418,9 +468,11 @@ def markdown(board: dict[str, Any]) -> str:
 
 
 def _csv_fields(row: dict) -> dict[str, Any]:
-    fields: dict[str, Any] = {c: row[c] for c in ("stream", "model", "strategy", "config", "eval", "n")}
+    fields: dict[str, Any] = {c: row[c] for c in ("stream", "model", "strategy", "config", "eval", "chat", "n")}
     fields["seeds"] = " ".join(map(str, row["seeds"]))
     for k, _ in QUALITY:
+        fields[k], fields[k + "_sd"] = row[k], row[k + "_sd"]
+    for k, _ in ANATOMY:
         fields[k], fields[k + "_sd"] = row[k], row[k + "_sd"]
     fields.update({k: row[k] for k, _ in COST})
     fields["settings"] = row["settings"]
@@ -509,8 +561,57 @@ def curves_svg(matrix: dict) -> str:
     return "".join(parts)
 
 
+ANATOMY_PARTS = [("correct", "correct", "#4c9a2a"), ("same_task_label", "another label of the task", "#f2c14e"),
+                 ("just_trained", "label of the task just trained", "#d62728"),
+                 ("other_earlier", "label of another task", "#ff9f40"), ("no_label", "no label", "#999")]
+
+
+def _anatomy_shares(row: dict) -> dict[str, float]:
+    """One evaluation's examples over all tasks, split by ANATOMY_PARTS, as fractions."""
+    total = sum(c["examples"] for c in row.values())
+    if not total:
+        return {}
+    part = lambda k: sum(c[k] for c in row.values())  # noqa: E731
+    counts = {"correct": total - part("wrong"), "same_task_label": part("same_task_label"),
+              "just_trained": part("just_trained"), "other_earlier": part("other_task_label") - part("just_trained"),
+              "no_label": part("no_label")}
+    return {k: v / total for k, v in counts.items()}
+
+
+def anatomy_svg(anatomy_rows: list, stage_names: list[str]) -> str:
+    """A stacked bar per evaluation: the share of all test examples answered correctly, and of those answered
+    wrongly whether the answer was another label of the task, a label of the task just trained, a label of
+    another task, or no label (generation scoring)."""
+    w_bar, gap, plot_h, left, top = 34, 14, 150, 34, 10
+    n = len(anatomy_rows)
+    width, height = left + n * (w_bar + gap) + 200, top + plot_h + 70
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="anatomy" width="{width}" height="{height}" '
+             'font-size="10" font-family="sans-serif">',
+             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">100%</text>'
+             f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>']
+    for i, (row, name) in enumerate(zip(anatomy_rows, stage_names)):
+        x = left + i * (w_bar + gap)
+        y = top + plot_h
+        for key, label, color in ANATOMY_PARTS:
+            h = plot_h * _anatomy_shares(row or {}).get(key, 0.0)
+            if h > 0:
+                y -= h
+                parts.append(f'<rect class="part-{key}" x="{x}" y="{y:.2f}" width="{w_bar}" height="{h:.2f}" '
+                             f'fill="{color}"><title>{html.escape(str(name))}: {html.escape(label)}</title></rect>')
+        lx, ly = x + w_bar / 2, top + plot_h + 10
+        parts.append(f'<text x="{lx}" y="{ly}" text-anchor="start" transform="rotate(30 {lx} {ly})">'
+                     f'{html.escape(str(name)[:18])}</text>')
+    for j, (_, label, color) in enumerate(ANATOMY_PARTS):
+        ly = top + 12 + 14 * j
+        lx = left + n * (w_bar + gap) + 10
+        parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{lx + 14}" y="{ly}">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
 _SORT_JS = """
-document.querySelectorAll('#board th').forEach(function (th) {
+document.querySelectorAll('table.board th').forEach(function (th) {
   th.addEventListener('click', function () {
     var table = th.closest('table'), body = table.tBodies[0], col = th.cellIndex;
     var asc = th.getAttribute('data-dir') !== 'asc';
@@ -539,10 +640,12 @@ def _html_row(i: int, row: dict) -> str:
     config = f'<a href="#runs-{i}">{esc(row["config"])}</a>'
     config += f'<br><small>{esc(row["settings"])}</small>' if row["settings"] else ""
     cells = [_td(row[k], esc(str(row[k])), True) for k in ("stream", "model", "strategy")]
-    cells += [_td(row["config"], config, True), _td(row["eval"], esc(row["eval"]), True), _td(row["n"], esc(_seeds_text(row)))]
+    cells += [_td(row["config"], config, True), _td(row["eval"], esc(row["eval"]), True),
+              _td(row["chat"], esc(row["chat"]), True), _td(row["n"], esc(_seeds_text(row)))]
     quality = [_td(row[k], esc(_fmt_quality(row, k))) for k, _ in QUALITY]
     vs = _td(row["vs_baseline"]["metrics"]["aa"]["diff"], esc(fmt_vs_baseline(row)))
-    cells += [quality[0], vs] + quality[1:] + [_td(row[k], esc(_fmt_cost(k, row[k]))) for k, _ in COST]
+    cells += [quality[0], vs] + quality[1:] + [_td(row[k], esc(_fmt(row[k], row[k + "_sd"]))) for k, _ in ANATOMY]
+    cells += [_td(row[k], esc(_fmt_cost(k, row[k]))) for k, _ in COST]
     return f"<tr>{''.join(cells)}</tr>"
 
 
@@ -552,8 +655,12 @@ def _html_runs(i: int, row: dict, records_href: str) -> list[str]:
     out = [f'<h3 id="runs-{i}">{title}</h3>']
     for run in row["runs"]:
         link = f'<a href="{esc(records_href + run["file"])}">{esc(run["file"])}</a>'
+        anatomy = ""
+        if run.get("anatomy") and all(run["anatomy"]):
+            anatomy = ("<p>What the answers were, per evaluation (all tasks of the stream):</p>"
+                       + anatomy_svg(run["anatomy"], run["matrix"]["rows"]))
         out.append(f"<details><summary>{esc(row['strategy'])} · {esc(row['stream'])} · seed {run['seed']} · {link}</summary>"
-                   f"{heatmap_svg(run['matrix'])}{curves_svg(run['matrix'])}</details>")
+                   f"{heatmap_svg(run['matrix'])}{curves_svg(run['matrix'])}{anatomy}</details>")
     return out
 
 
@@ -561,18 +668,28 @@ def _html_list(title: str, items: list[str]) -> str:
     return f"<h2>{html.escape(title)}</h2><ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
 
 
-def html_page(board: dict[str, Any]) -> str:
+def _html_table(table_id: str, board: dict[str, Any]) -> list[str]:
+    esc = html.escape
+    out = [f'<table id="{table_id}" class="board"><thead><tr>'
+           + "".join(f"<th>{esc(h)}</th>" for h in _headers(board["baseline"])) + "</tr></thead><tbody>"]
+    out += [_html_row(i, r) for i, r in enumerate(board["rows"])]
+    out.append("</tbody></table>")
+    return out
+
+
+def html_page(board: dict[str, Any], other: dict[str, Any] | None = None) -> str:
+    """The board's table (its mode), the runs with their heatmaps, curves and anatomy plots, and, when records
+    hold the other mode's scores too, that mode's table."""
     esc = html.escape
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>clbench leaderboard</title>',
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #ccc;"
            "padding:4px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}th[data-dir=asc]::after{content:' ▲'}"
            "th[data-dir=desc]::after{content:' ▼'}td.t{text-align:left}details{margin:1em 0}</style></head><body>",
            "<h1>clbench leaderboard</h1>", "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _explanation(board["baseline"]))
-           + "<li>Click a column to sort.</li></ul>",
-           '<table id="board"><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in _headers(board["baseline"]))
-           + "</tr></thead><tbody>"]
-    out += [_html_row(i, r) for i, r in enumerate(board["rows"])]
-    out.append("</tbody></table>")
+           + "<li>Click a column to sort.</li></ul>", f"<h2>{esc(_mode_title(board))}</h2>"]
+    out += _html_table("board", board)
+    if other is not None and other["rows"]:
+        out += [f"<h2>{esc(_mode_title(other))}</h2>"] + _html_table("board-" + other["mode"], other)
     out.append("<h2>Runs</h2>")
     for i, r in enumerate(board["rows"]):
         out += _html_runs(i, r, board["records_href"])
@@ -582,6 +699,12 @@ def html_page(board: dict[str, Any]) -> str:
         out.append(_html_list("Records not included", board["problems"]))
     out.append(f"<script>{_SORT_JS}</script></body></html>")
     return "\n".join(out) + "\n"
+
+
+def _mode_title(board: dict[str, Any]) -> str:
+    name = {"generate": "generation (greedy, exact match: the papers' mode)",
+            "loglik": "label log-likelihood (the most probable label)"}[board["mode"]]
+    return f"Scored by {name}" + (f" ({board['mode_note']})" if board.get("mode_note") else "")
 
 
 # ---------------------------------------------------------------- regeneration
@@ -603,14 +726,26 @@ def _records_href(runs_dir: Path, out_dir: Path) -> str:
     return Path(rel).as_posix().rstrip("/") + "/"
 
 
-def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE) -> dict[str, Any]:
-    """Everything the three pages show, as plain data: rows, problems, duplicates, baseline, source."""
+def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE, mode: str = DEFAULT_MODE,
+                fallback: bool = True) -> dict[str, Any]:
+    """Everything the three pages show, as plain data: rows (scored in `mode`), problems, duplicates, baseline,
+    source. With `fallback`, a folder whose records hold no score of `mode` is shown in the other mode, and the
+    board says so."""
+    if mode not in MODES:
+        raise LeaderboardError(f"mode must be one of {'|'.join(MODES)}, got {mode!r}")
     short = lambda text: text.replace(str(runs_dir.parent) + os.sep, "")  # noqa: E731
-    recs, problems = load_valid(runs_dir)
+    valid, problems = load_valid(runs_dir)
+    note = ""
+    recs = [(p, v) for p, v in ((p, view(r, mode)) for p, r in valid) if v is not None]
+    if not recs and valid and fallback:
+        other = next(m for m in MODES if m != mode)
+        recs = [(p, v) for p, v in ((p, view(r, other)) for p, r in valid) if v is not None]
+        note, mode = f"no record holds {mode} scores", other
     kept, dups = drop_duplicates(recs)
     rows = group_runs(kept)
     compare_with_baseline(rows, baseline)
     return {"rows": rows, "problems": [short(p) for p in problems], "baseline": baseline, "n_records": len(kept),
+            "mode": mode, "mode_note": note,
             "duplicates": [(short(str(d)), short(str(k))) for d, k in dups],
             "source": runs_dir.name if runs_dir.parent == out_dir else str(runs_dir),
             "records_href": _records_href(runs_dir, out_dir)}
@@ -637,18 +772,19 @@ def _row_line(board: dict, out_dir: Path, highlight: Path) -> str | None:
 
 
 def regenerate(runs_dir: Path, out_dir: Path, highlight: Path | None = None,
-               baseline: str = DEFAULT_BASELINE) -> dict[str, Any]:
+               baseline: str = DEFAULT_BASELINE, mode: str = DEFAULT_MODE) -> dict[str, Any]:
     """Rewrite the three leaderboard files; `highlight` (a record path) picks the row echoed in `row_line`,
     `baseline` the strategy every row is compared with. Raises LeaderboardError, writing nothing, when no
     record under runs_dir is valid, so an existing leaderboard is never replaced by an empty one."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    board = build_board(runs_dir, out_dir, baseline)
+    board = build_board(runs_dir, out_dir, baseline, mode)
     if not board["rows"]:
         raise LeaderboardError(f"no valid run records in {runs_dir} ({len(board['problems'])} not included); "
                                "leaderboard left unchanged")
     _atomic_write(out_dir / "LEADERBOARD.md", markdown(board))
     _atomic_write(out_dir / "leaderboard.csv", csv_text(board["rows"]))
-    _atomic_write(out_dir / "leaderboard.html", html_page(board))
+    other = build_board(runs_dir, out_dir, baseline, next(m for m in MODES if m != board["mode"]), fallback=False)
+    _atomic_write(out_dir / "leaderboard.html", html_page(board, other))
     summary = _summary(board, out_dir)
     row_line = (_row_line(board, out_dir, highlight) if highlight is not None else None) or summary
     return {"rows": board["rows"], "problems": board["problems"], "duplicates": board["duplicates"],

@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import os
 import random
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,3 +173,41 @@ def load_model(cfg: ModelConfig, seed: int = 0):
     info = {"name": cfg.name, "source": source, "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
             "parameters": sum(p.numel() for p in model.parameters())}
     return model, tok, info
+
+
+_replay = threading.local()  # per thread: on CUDA, backward (and so the replay) runs in the engine's own thread
+
+
+@contextlib.contextmanager
+def _replaying():
+    _replay.depth = getattr(_replay, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _replay.depth -= 1
+
+
+def _checkpoint_contexts():
+    # torch.utils.checkpoint runs the first context around the forward and the second around its replay in backward
+    return contextlib.nullcontext(), _replaying()
+
+
+def replaying_checkpointed_forward() -> bool:
+    """True while backward recomputes a checkpointed layer's forward. Forward hooks inside such a layer fire then a
+    second time (possibly only partly: torch stops the replay once the tensors it needs exist), so hooks that
+    collect statistics (MIGU) must skip it."""
+    return getattr(_replay, "depth", 0) > 0
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Checkpoint every decoder layer, non-reentrant: no `enable_input_require_grads` needed under PEFT, and
+    hidden states may be returned (I-LoRA, GeRe). Layers skip checkpointing in eval mode and under no_grad."""
+    base = getattr(model, "module", model)
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    kwargs = {"use_reentrant": False, "context_fn": _checkpoint_contexts}
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ClbenchError(f"trainer.gradient_checkpointing: model {type(base).__name__} does not support it")
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name warns there
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

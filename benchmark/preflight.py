@@ -16,7 +16,6 @@ from benchmark.errors import ClbenchError
 DEVICES = ("auto", "cpu", "cuda")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
-EVAL_MODES = ("loglik", "generate")
 LOGGERS = ("none", "wandb")
 MIN_PROMPT_TOKENS = 8  # the prompt's fixed head and tail alone take about this many tokens
 
@@ -35,16 +34,12 @@ def _at_least(key: str, value, minimum) -> str | None:
     return None if value >= minimum else f"{key} must be >= {minimum}, got {value}"
 
 
-def _none_or_at_least(key: str, value, minimum) -> str | None:
-    return None if value is None else _at_least(key, value, minimum)
-
-
 def _one_of(key: str, value, allowed: tuple[str, ...]) -> str | None:
     return None if value in allowed else f"{key} must be one of {'|'.join(allowed)}, got {value!r}"
 
 
 def _ranges(cfg: RunConfig) -> list[str | None]:
-    t, d, e = cfg.trainer, cfg.data, cfg.eval
+    t = cfg.trainer
     lr_ok = math.isfinite(t.lr) and t.lr > 0
     return [
         _at_least("trainer.batch_size", t.batch_size, 1),
@@ -59,11 +54,7 @@ def _ranges(cfg: RunConfig) -> list[str | None]:
         _at_least("trainer.max_steps_per_task", t.max_steps_per_task, 0),
         _at_least("trainer.num_threads", t.num_threads, 0),
         *(_at_least(f"trainer.epochs_per_task.{task}", n, 1) for task, n in (getattr(t, "epochs_per_task", None) or {}).items()),
-        _none_or_at_least("data.train_per_class", d.train_per_class, 1),
-        _none_or_at_least("data.test_per_class", d.test_per_class, 1),
-        _at_least("eval.batch_size", e.batch_size, 1),
-        _at_least("eval.general_passages", e.general_passages, 0),
-        _at_least("eval.max_new_tokens", e.max_new_tokens, 0),
+        # data.* and eval.* validate themselves when built (DataConfig / EvalConfig.__post_init__)
     ]
 
 
@@ -72,7 +63,6 @@ def _choices(cfg: RunConfig) -> list[str | None]:
         _one_of("trainer.device", cfg.trainer.device, DEVICES),
         _one_of("trainer.mixed_precision", cfg.trainer.mixed_precision, MIXED_PRECISION),
         _one_of("model.dtype", cfg.model.dtype, DTYPES),
-        _one_of("eval.mode", cfg.eval.mode, EVAL_MODES),
         _one_of("logger.name", cfg.logger.name, LOGGERS),
     ]
 

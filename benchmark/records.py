@@ -34,11 +34,38 @@ def canonical_json(obj: Any) -> str:
 BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
 # settings added after records were published, with the default that keeps the earlier behaviour: a config that
 # holds the default is identified as one without the key, so a new setting does not split existing groups
-LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}}
+LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {},
+                                               ("trainer", "gradient_checkpointing"): False}
 
 
-def identity_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a run's config that identifies its results (a copy)."""
+# every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter
+# the identity, so that the hashes of the records made before stay what they are
+FIRST_TASK_VERSION = 1
+
+
+def stream_task_versions(config: dict[str, Any]) -> dict[str, int]:
+    """{task: version} of the tasks of the config's stream, from task_streams/tasks.yaml and streams.yaml
+    (stream.tasks when set, else the published order stream.name); reads no data."""
+    from task_streams.registry import stream_tasks, task_versions
+
+    stream = config.get("stream")
+    if not isinstance(stream, dict):
+        return {}
+    tasks = stream.get("tasks") or (stream_tasks(stream["name"]) if isinstance(stream.get("name"), str) else [])
+    return task_versions([t for t in tasks if isinstance(t, str)])
+
+
+def recorded_task_versions(record: dict[str, Any]) -> dict[str, int]:
+    """{task: version} that a record's run used (stream.splits.<task>.version; records made before versions
+    existed used version 1). For a stored record these, not today's tasks.yaml, identify its data."""
+    splits = (record.get("stream") or {}).get("splits") or {}
+    return {t: int(s.get("version", FIRST_TASK_VERSION)) for t, s in splits.items() if isinstance(s, dict)}
+
+
+def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None = None) -> dict[str, Any]:
+    """The part of a run's config that identifies its results (a copy), with the versions of its stream's tasks
+    that are not 1 (`task_versions`: the versions to use, e.g. recorded_task_versions of a stored record;
+    default: those of task_streams/tasks.yaml now)."""
     cleaned = json.loads(canonical_json({k: v for k, v in config.items() if k not in BOOKKEEPING}))
     for path, default in LATER_DEFAULTS.items():
         node = cleaned
@@ -46,12 +73,16 @@ def identity_config(config: dict[str, Any]) -> dict[str, Any]:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
             del node[path[-1]]
+    versions = stream_task_versions(config) if task_versions is None else task_versions
+    changed = {t: v for t, v in sorted(versions.items()) if v != FIRST_TASK_VERSION}
+    if changed:
+        cleaned["task_versions"] = changed
     return cleaned
 
 
-def config_hash(config: dict[str, Any]) -> str:
+def config_hash(config: dict[str, Any], task_versions: dict[str, int] | None = None) -> str:
     """Identity of a run's configuration: a hash of identity_config."""
-    return hashlib.sha256(canonical_json(identity_config(config)).encode()).hexdigest()[:12]
+    return hashlib.sha256(canonical_json(identity_config(config, task_versions)).encode()).hexdigest()[:12]
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any]:

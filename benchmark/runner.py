@@ -18,18 +18,18 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
-from benchmark import evaluation, preflight, records
+from benchmark import evaluation, predictions, preflight, records
 from benchmark.checkpoint import Checkpointer
 from benchmark.errors import PROGRESS, ClbenchError
 from benchmark.lock import RunLock
 from benchmark.config import RunConfig
-from benchmark.data import IGNORE, Encoded, Encoder, collate_train, length_bucketed_batches
+from benchmark.data import IGNORE, Encoded, Encoder, collate_train, length_bucketed_batches, use_chat_template
 from benchmark.metrics import all_metrics, general_retention
-from benchmark.model import load_model
+from benchmark.model import enable_activation_checkpointing, load_model
 from strategies.base import build as build_strategy
 from task_streams import DataConfig, Stream, Task, load_stream
 
@@ -50,8 +50,6 @@ class RunContext:
     optimizer: Any = None
     train_model: Any = None
     step: int = 0  # optimizer steps in this stage
-    items: list[Encoded] = field(default_factory=list)  # the examples of the current batch
-    token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded (MIGU ignores pads)
     task_ce: torch.Tensor | None = None  # answer cross-entropy of the batch being trained, before any strategy term
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     model_info: dict[str, Any] = field(default_factory=dict)
@@ -65,9 +63,8 @@ class RunContext:
         self.logs[key] = value.detach() if torch.is_tensor(value) else torch.tensor(float(value))
 
     def forward(self, batch: dict[str, torch.Tensor], model=None, **kw):
-        """Forward a batch (on any device) and note its token mask for activation-statistics hooks."""
+        """Forward a batch (on any device) through the training model (or `model`)."""
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        self.token_mask = batch["attention_mask"]
         return (model or self.train_model or self.model)(**batch, **kw)
 
 
@@ -167,12 +164,11 @@ def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, An
         # batches first (the strategy may append replayed rows), so the window's answer tokens are known
         prepared = []
         for i in window:
-            ctx.items = batches[i]
-            prepared.append((batches[i], strategy.train_batch(ctx, collate_train(batches[i], ctx.tokenizer.pad_token_id))))
+            batch = collate_train(batches[i], ctx.tokenizer.pad_token_id)
+            prepared.append((batches[i], strategy.train_batch(ctx, batch, batches[i])))
         counts = [int((b["labels"] != IGNORE).sum()) for _, b in prepared]
         window_tokens = _reduce_sum(acc, [float(sum(counts))])[0]
-        for j, ((rows, batch), n) in enumerate(zip(prepared, counts)):
-            ctx.items = rows
+        for j, ((_, batch), n) in enumerate(zip(prepared, counts)):
             last = j == len(prepared) - 1
             # gradients are all-reduced only on the window's last micro-batch
             sync = contextlib.nullcontext() if last or acc.num_processes == 1 else acc.no_sync(ctx.train_model)
@@ -184,7 +180,6 @@ def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, An
                     loss = strategy.loss(ctx, batch, out, ce)
                 # DDP averages gradients over processes: the factor world makes that a token-weighted sum
                 acc.backward(loss * (n * acc.num_processes / window_tokens))
-                strategy.after_backward(ctx)
             tokens += n
             padded += batch["input_ids"].numel()
             loss_sum += loss.detach()
@@ -229,21 +224,48 @@ def _reduce_sum(acc: Accelerator, values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def evaluate_all(ctx: RunContext, strategy, tests: dict[str, list[Encoded]], label: str) -> list[float]:
-    """Accuracy (%) on every task of the stream, seen and unseen, with the strategy's evaluation model."""
-    acc = ctx.accelerator
-    row = []
+def evaluate_all(ctx: RunContext, strategy, tests: dict[str, list[Encoded]], row: int, after: str) -> list[dict]:
+    """Every task of the stream, seen and unseen, scored with the strategy's evaluation model as eval.mode asks.
+    Returns the prediction lines of all processes (benchmark/predictions.py), on every process."""
+    acc, tok = ctx.accelerator, ctx.tokenizer
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    lines: list[dict] = []
     ctx.model.eval()
     # every row under the precision training uses, the zero-shot row included, so that FWT compares like with like
     with strategy.eval_model(ctx), acc.autocast():
         for task in ctx.stream.tasks:
-            bar = f"eval {label} {task.name}" if acc.is_local_main_process else None
-            correct, total = evaluation.accuracy(ctx.model, tests[task.name], task.labels, ctx.encoder, ctx.cfg.eval,
-                                                 ctx.device, acc.process_index, acc.num_processes, bar)
-            correct, total = _reduce_sum(acc, [correct, total])
-            row.append(round(100.0 * correct / total, 4))
+            examples = tests[task.name]
+            mine = evaluation._shard(examples, acc.process_index, acc.num_processes)
+            bar = f"eval {after} {task.name}" if acc.is_local_main_process else None
+            answers = [ctx.encoder.answer(l) for l in task.labels]
+            scored = evaluation.score_examples(ctx.model, [examples[i] for i in mine], answers, tok.pad_token_id,
+                                               tok.eos_token_id, ctx.cfg.eval, ctx.device, decode, bar) if mine else []
+            for s in scored:
+                s.index = mine[s.index]
+            if acc.num_processes > 1:
+                scored = gather_object(scored)
+            scored.sort(key=lambda s: s.index)
+            lines += predictions.example_rows(row, after, task.name, task.labels, task.test, scored)
     ctx.model.train()
-    return row
+    return lines
+
+
+def record_evaluation(ctx: RunContext, state: dict, lines: list[dict], row: int, after: str,
+                      just_trained: list[str], folder: Path) -> dict[str, list[float]]:
+    """Accuracy per mode, generation lengths and the anatomy of errors of one evaluation, all computed from its
+    prediction lines (so that the files re-score to the record), into the run state; the lines go to a file."""
+    tasks = ctx.stream.task_names
+    accs = predictions.accuracies(lines, tasks)
+    for mode, values in accs.items():
+        state["matrices"].setdefault(mode, []).append(values)
+    state["generation"].append(predictions.generation_stats(lines, tasks))
+    state["anatomy"].append(predictions.anatomy(lines, {t.name: t.labels for t in ctx.stream.tasks}, just_trained))
+    if ctx.accelerator.is_main_process:
+        name = predictions.file_name(row)
+        sha = predictions.write(folder / name, lines)
+        state["predictions"] = [f for f in state["predictions"] if f["row"] != row] + [
+            {"row": row, "after": after, "file": name, "sha256": sha}]
+    return accs
 
 
 def general_ppl(ctx: RunContext, strategy, seqs) -> float | None:
@@ -298,6 +320,14 @@ def engine_name(acc: Accelerator) -> str:
     return str(acc.distributed_type.value if hasattr(acc.distributed_type, "value") else acc.distributed_type).lower()
 
 
+def requested_engine() -> str | None:
+    """The sharding engine `accelerate launch` was configured with (it passes it to each process in the environment),
+    whether or not the Accelerator could honour it."""
+    from accelerate.utils import parse_flag_from_env
+
+    return next((e for e in ("fsdp", "deepspeed") if parse_flag_from_env(f"ACCELERATE_USE_{e.upper()}")), None)
+
+
 def check_engine(strategy, acc: Accelerator) -> None:
     """Refuse, before any model is loaded, a distribution engine or precision under which a strategy would run
     silently wrong. DeepSpeed is refused for every strategy: it owns gradient accumulation and steps inside
@@ -306,9 +336,14 @@ def check_engine(strategy, acc: Accelerator) -> None:
 
     engine = engine_name(acc)
     name = getattr(strategy, "name", type(strategy).__name__)
-    if engine == "deepspeed":
-        raise StrategyConfigError(f"strategy {name} under DeepSpeed is refused: DeepSpeed steps the optimizer inside "
-                                  "backward and owns accumulation (use DDP or FSDP through accelerate)")
+    asked = requested_engine()
+    if "deepspeed" in (engine, asked):
+        raise StrategyConfigError(f"strategy {name} under DeepSpeed is refused: DeepSpeed (ZeRO, GPU only) steps the "
+                                  "optimizer inside backward and owns accumulation (use DDP or FSDP through accelerate)")
+    if asked and asked != engine:
+        raise StrategyConfigError(f"accelerate distributed_type {asked.upper()} cannot run on {acc.device.type}: "
+                                  f"accelerate shards only on GPUs and other accelerators and would silently run "
+                                  f"{engine} instead; on the CPU use DDP: torchrun --nproc_per_node N -m benchmark.cli")
     reason = strategy.refuse(engine, str(acc.mixed_precision))
     if reason:
         raise StrategyConfigError(f"strategy {name} cannot run under {engine.upper()} / mixed_precision "
@@ -328,11 +363,16 @@ def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
     strategy = strategy or build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
     check_engine(strategy, acc)
-    data_cfg = DataConfig(**dataclasses.asdict(cfg.data)) if dataclasses.is_dataclass(cfg.data) else DataConfig(**cfg_dict["data"])
+    data_cfg = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**cfg_dict["data"])
     stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
-    ctx = RunContext(cfg, model, tok, Encoder(tok, tcfg.max_prompt_tokens), acc, stream, cfg.seed, model_info=model_info)
+    chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
+    model_info["chat_template"] = chat  # what auto resolved to, for the record and the leaderboard
+    encoder = Encoder(tok, tcfg.max_prompt_tokens, chat=chat)
+    ctx = RunContext(cfg, model, tok, encoder, acc, stream, cfg.seed, model_info=model_info)
     ctx.model = strategy.prepare_model(model, ctx).to(acc.device)
+    if tcfg.gradient_checkpointing:
+        enable_activation_checkpointing(ctx.model)
     return ctx, strategy, cfg_dict
 
 
@@ -341,10 +381,23 @@ def _launch_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def export_submitit_distributed() -> bool:
+    """Under hydra/launcher=slurm_multinode every SLURM task that submitit starts is one process of the run, but
+    nothing sets the torch.distributed variables that torchrun or `accelerate launch` would: export them from SLURM's
+    (rank = SLURM_PROCID, master = the job's first node, one GPU per task). True if exported."""
+    if "RANK" in os.environ or os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or int(os.environ.get("SLURM_NTASKS", "1")) < 2:
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=True)
+    return True
+
+
 def run(cfg: RunConfig, strategy=None) -> Path | None:
     """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
     t_start = time.perf_counter()
     preflight.check(cfg)  # value ranges and machine abilities, before anything loads
+    export_submitit_distributed()
     chash = records.config_hash(config_dict(cfg))
     run_key = f"{chash}-s{cfg.seed}"
     main = _launch_rank() == 0
@@ -367,7 +420,9 @@ def _run_unlocked(cfg: RunConfig, strategy, t_start: float) -> Path | None:
 
     run_key = f"{records.config_hash(cfg_dict)}-s{cfg.seed}"
     ckpt = Checkpointer(Path(cfg.results_dir) / "checkpoints" / run_key)
-    state: dict[str, Any] = {"matrix": [], "stage_stats": [], "ppl_before": None, "trained_names": []}
+    state: dict[str, Any] = {"matrices": {}, "generation": [], "anatomy": [], "predictions": [], "stage_stats": [],
+                             "ppl_before": None, "trained_names": []}
+    pred_dir = ckpt.folder / "predictions"  # kept with the checkpoint until the record is written
     start = 0
     if cfg.resume and ckpt.latest() is not None:
         meta, weights, strat_tensors = ckpt.load()  # also restores the random state saved with the stage
@@ -391,16 +446,17 @@ def _run_unlocked(cfg: RunConfig, strategy, t_start: float) -> Path | None:
     general_seqs = _general_sequences(ctx)
     if start == 0:
         state["ppl_before"] = general_ppl(ctx, strategy, general_seqs)
-        state["matrix"] = [evaluate_all(ctx, strategy, tests, "zero-shot")]
+        record_evaluation(ctx, state, evaluate_all(ctx, strategy, tests, 0, "zero-shot"), 0, "zero-shot", [], pred_dir)
     for s in range(start, len(stages)):
         ctx.stage, ctx.tasks = s + 1, stages[s]
-        strategy.before_task(ctx)
+        strategy.before_stage(ctx)
         items = strategy.train_items(ctx, [e for t in ctx.tasks for e in encoder.encode(t, t.train)])
         trained_names |= {n for n, p in ctx.model.named_parameters() if p.requires_grad}
         stats = train_stage(ctx, strategy, items)
-        strategy.after_task(ctx)
-        row = evaluate_all(ctx, strategy, tests, f"after {s + 1}")
-        state["matrix"].append(row)
+        strategy.after_stage(ctx)
+        names = [t.name for t in ctx.tasks]
+        lines = evaluate_all(ctx, strategy, tests, s + 1, "+".join(names))
+        row = record_evaluation(ctx, state, lines, s + 1, "+".join(names), names, pred_dir)[primary_mode(cfg)]
         state["stage_stats"].append({"tasks": [t.name for t in ctx.tasks], **stats})
         state["trained_names"] = sorted(trained_names)
         if acc.is_main_process:
@@ -414,19 +470,30 @@ def _run_unlocked(cfg: RunConfig, strategy, t_start: float) -> Path | None:
         _log_wandb(ctx, {f"acc/{t.name}": v for t, v in zip(stream.tasks, row)})
 
     ppl_after = general_ppl(ctx, strategy, general_seqs)
-    R = state["matrix"]
-    metrics = {**all_metrics(R), **general_retention(state["ppl_before"], ppl_after)}
+    retention = general_retention(state["ppl_before"], ppl_after)
+    scores = {m: {"values": R_m, "metrics": {**all_metrics(R_m), **retention}} for m, R_m in state["matrices"].items()}
+    R, metrics = scores[primary_mode(cfg)]["values"], scores[primary_mode(cfg)]["metrics"]
     n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
     rec_path = None
     if acc.is_main_process:
+        runs_dir = Path(cfg.results_dir) / "runs"
         record = _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainable, acc, t_start, run_key)
-        rec_path = records.write_record(record, Path(cfg.results_dir) / "runs")
+        record["scores"] = scores
+        record["primary_mode"] = primary_mode(cfg)
+        # the prediction files first: a record is written only when everything it names exists
+        record["predictions"] = predictions.publish(state["predictions"], pred_dir, runs_dir, record["run_id"])
+        rec_path = records.write_record(record, runs_dir)
         if not cfg.keep_checkpoints:
             ckpt.remove()
         if wandb_run is not None:
             _finish_wandb(wandb_run, stream, R, metrics)
     acc.wait_for_everyone()
     return rec_path
+
+
+def primary_mode(cfg: RunConfig) -> str:
+    """The scores a record's `matrix` and `metrics` hold: generation when computed (the papers' mode)."""
+    return "generate" if cfg.eval.generates else "loglik"
 
 
 def _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainable, acc, t_start, run_key):
@@ -449,6 +516,11 @@ def _record(cfg_dict, stream, strategy, model_info, R, metrics, state, n_trainab
         "matrix": {"rows": ["zero-shot"] + ["+".join(s["tasks"]) for s in stage_stats], "columns": stream.task_names,
                    "values": R, "unit": "accuracy %"},
         "metrics": metrics,
+        # how prompts were presented: data.chat_template as asked and what it resolved to for this tokenizer
+        "prompt_format": {"chat_template": cfg_dict["data"]["chat_template"], "applied": model_info["chat_template"]},
+        "generation": {"max_new_tokens": cfg_dict["eval"]["max_new_tokens"], "rows": state["generation"]},
+        "anatomy": {"rows": state["anatomy"], "summary": predictions.summarize_anatomy(
+            state["anatomy"], [t for st in stage_stats[:-1] for t in st["tasks"]])},
         "resumed": {"after_stages": state.get("resumed_after_stages", []), "attempts": 1 + len(state.get("resumed_after_stages", []))},
         "cost": {"wall_s": round(state.get("previous_attempts_s", 0.0) + time.perf_counter() - t_start, 2),
                  "train_s": round(train_s, 2),

@@ -5,16 +5,15 @@ The training loop (benchmark/runner.py) calls these hooks and never branches on 
     prepare_model      once, before anything else: add adapters, freeze weights, register forward hooks
     refuse             names a set-up the strategy cannot run correctly (engine, precision), checked at start
     stages             how the stream is cut into training stages (one per task; MTL: all tasks at once)
-    before_task        a stage starts (fresh adapter, buffer bookkeeping, reference statistics)
+    before_stage       a stage starts, once per stage (fresh adapter, buffer bookkeeping, reference statistics)
     train_items        may extend a stage's training set (LoRAReplay adds the stored examples of earlier tasks)
-    train_batch        may replace the batch (interleaved replay appends stored examples)
+    train_batch        may replace the batch; `items` are its examples (interleaved replay appends stored ones)
     loss               may add terms to the answer cross-entropy (regularisers, replay losses); `ctx.task_ce`
                        is the answer cross-entropy alone, for strategies that reweight it (GeRe)
-    after_backward     gradients of one micro-batch exist
     before_optimizer_step   once per accumulation window, before clipping (MIGU masks gradient rows)
     optimizer_step     steps the optimizer (default: one step; MIGU steps masked weights one at a time)
     after_optimizer_step    once per accumulation window (I-LoRA's EMA)
-    after_task         the stage is trained (buffer fill, freezing)
+    after_stage        the stage is trained (buffer fill, freezing)
     eval_model         a context manager that sets the model up for evaluation (I-LoRA's slow learner)
     state_dict / load_state_dict   tensors (saved with safetensors) and JSON metadata for resume
 """
@@ -37,15 +36,14 @@ class Strategy(Protocol):
     def refuse(self, engine: str, mixed_precision: str) -> str | None: ...
     def prepare_model(self, model, ctx): ...
     def stages(self, tasks: list) -> list[list]: ...
-    def before_task(self, ctx) -> None: ...
+    def before_stage(self, ctx) -> None: ...
     def train_items(self, ctx, items: list) -> list: ...
-    def train_batch(self, ctx, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def train_batch(self, ctx, batch: dict[str, torch.Tensor], items: list) -> dict[str, torch.Tensor]: ...
     def loss(self, ctx, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
-    def after_backward(self, ctx) -> None: ...
     def before_optimizer_step(self, ctx) -> None: ...
     def optimizer_step(self, ctx) -> None: ...
     def after_optimizer_step(self, ctx) -> None: ...
-    def after_task(self, ctx) -> None: ...
+    def after_stage(self, ctx) -> None: ...
     def eval_model(self, ctx) -> contextlib.AbstractContextManager: ...
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], ctx) -> None: ...
@@ -82,20 +80,17 @@ class Hooks:
     def stages(self, tasks: list) -> list[list]:
         return [[t] for t in tasks]
 
-    def before_task(self, ctx) -> None:
+    def before_stage(self, ctx) -> None:
         pass
 
     def train_items(self, ctx, items):
         return items
 
-    def train_batch(self, ctx, batch):
+    def train_batch(self, ctx, batch, items):
         return batch
 
     def loss(self, ctx, batch, outputs, loss):
         return loss
-
-    def after_backward(self, ctx) -> None:
-        pass
 
     def before_optimizer_step(self, ctx) -> None:
         pass
@@ -106,7 +101,7 @@ class Hooks:
     def after_optimizer_step(self, ctx) -> None:
         pass
 
-    def after_task(self, ctx) -> None:
+    def after_stage(self, ctx) -> None:
         pass
 
     @contextlib.contextmanager
@@ -140,6 +135,14 @@ def register(name: str, config_cls: type):
     return wrap
 
 
+def register_variant(name: str, config_cls: type, factory: Callable[[Any], Any]) -> None:
+    """A registered configuration of another strategy: `factory(config)` returns an instance of that strategy,
+    which runs and is recorded under `name` (IncLoRA is O-LoRA with both lambdas at zero)."""
+    if name in _REGISTRY and _REGISTRY[name][1] is not factory:
+        raise StrategyConfigError(f"strategy {name!r} is registered twice")
+    _REGISTRY[name] = (config_cls, factory)
+
+
 def registered() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -156,7 +159,8 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str):
             val = _build_dataclass(type(default), val, f"{where}.{key}")
         elif isinstance(default, bool) and not isinstance(val, bool):
             raise StrategyConfigError(f"{where}.{key}: expected true/false, got {val!r}")
-        elif isinstance(default, (int, float)) and not isinstance(default, bool) and val is not None:
+        elif (isinstance(default, (int, float)) and not isinstance(default, bool) and val is not None
+              and str(names[key].type) in ("int", "float", "Optional[int]", "Optional[float]", "int | None", "float | None")):
             if not isinstance(val, (int, float)) or isinstance(val, bool):
                 raise StrategyConfigError(f"{where}.{key}: expected a number, got {val!r}")
         kwargs[key] = val
@@ -179,8 +183,11 @@ def build(cfg: dict[str, Any]):
     name = cfg.pop("name", None)
     if name not in _REGISTRY:
         raise StrategyConfigError(f"unknown strategy {name!r}; registered: {', '.join(registered())}")
-    config_cls, cls = _REGISTRY[name]
-    return cls(_build_dataclass(config_cls, cfg, f"strategy {name}"))
+    config_cls, make = _REGISTRY[name]
+    strategy = make(_build_dataclass(config_cls, cfg, f"strategy {name}"))
+    if not isinstance(make, type):
+        strategy.name = name  # a variant runs as another class but is recorded under its own name
+    return strategy
 
 
 def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:

@@ -13,21 +13,23 @@ import torch
 from benchmark.data import Encoded
 
 
+POLICIES = ("reservoir", "per_task", "fraction")
+
+
 @dataclass
 class BufferConfig:
     policy: str = "reservoir"  # reservoir | per_task | fraction
     size: int = 500  # M slots (reservoir, per_task)
     fraction: float = 0.02  # fraction policy: int(fraction * |train|) examples kept from each finished task
 
-    def __post_init__(self):
-        from strategies.base import StrategyConfigError
+    # no __post_init__: a nested block is built before its owner, which calls check() with the full key
+    # (`strategy replay.buffer.size`), where a check of its own could only say `buffer.size`
+    def check(self, key: str, policies: tuple[str, ...] = POLICIES) -> None:
+        from strategies.checks import check_choice, check_range
 
-        if self.policy not in ("reservoir", "per_task", "fraction"):
-            raise StrategyConfigError(f"buffer.policy must be reservoir, per_task or fraction, got {self.policy!r}")
-        if self.size < 1:
-            raise StrategyConfigError(f"buffer.size must be >= 1, got {self.size}")
-        if not 0.0 < self.fraction <= 1.0:
-            raise StrategyConfigError(f"buffer.fraction must be in (0, 1], got {self.fraction}")
+        check_choice(self.policy, f"{key}.policy", policies)
+        check_range(self.size, f"{key}.size", 1, integer=True)
+        check_range(self.fraction, f"{key}.fraction", 0, 1, low_open=True)
 
 
 class ReplayBuffer:
@@ -35,6 +37,7 @@ class ReplayBuffer:
     differs per process (`draw_rng`, seeded by seed and rank), so a global step replays distinct rows."""
 
     def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int, rank: int = 0):
+        cfg.check("buffer")  # owners check theirs when built; this covers a buffer made directly
         self.cfg, self.n_tasks = cfg, n_tasks
         self.rng = random.Random(seed)
         self.draw_rng = random.Random(f"{seed}/{rank}")

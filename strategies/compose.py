@@ -14,7 +14,7 @@ from typing import Any
 from strategies.base import Hooks, StrategyConfigError, build, register
 
 # hooks that take only the context and return nothing: every part is called, in order
-_BROADCAST = ("before_task", "after_backward", "before_optimizer_step", "after_optimizer_step", "after_task")
+_BROADCAST = ("before_stage", "before_optimizer_step", "after_optimizer_step", "after_stage")
 
 
 @dataclass
@@ -22,8 +22,12 @@ class ComposeConfig:
     parts: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self):
-        if len(self.parts) < 2:
-            raise StrategyConfigError("strategy compose.parts: needs at least two parts")
+        # each part's own settings are checked when Compose builds it (strategy <part name>.<key>)
+        if not (isinstance(self.parts, list) and len(self.parts) >= 2):
+            raise StrategyConfigError(f"strategy compose.parts must be a list of at least two parts, got {self.parts!r}")
+        for i, p in enumerate(self.parts):
+            if not (isinstance(p, dict) and "name" in p):
+                raise StrategyConfigError(f"strategy compose.parts[{i}] must be a mapping with a name, got {p!r}")
 
 
 def _broadcast(hook: str):
@@ -64,9 +68,9 @@ class Compose(Hooks):
             items = p.train_items(ctx, items)
         return items
 
-    def train_batch(self, ctx, batch):
+    def train_batch(self, ctx, batch, items):
         for p in self.parts:
-            batch = p.train_batch(ctx, batch)
+            batch = p.train_batch(ctx, batch, items)
         return batch
 
     def loss(self, ctx, batch, outputs, loss):

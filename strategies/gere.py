@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from benchmark.data import IGNORE, collate_lm
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
+from strategies.checks import check_adapter, check_choice, check_lora, check_range
 from strategies.lora import apply_adapter
 
 
@@ -55,14 +56,19 @@ class GeReConfig:
     temperature: float = 2.0  # kl only
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise StrategyConfigError(f"strategy gere.loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not (self.weight == "dy" or (isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool))):
-            raise StrategyConfigError(f"strategy gere.weight must be a number or 'dy', got {self.weight!r}")
-        if self.adapter not in ("lora", "full", "none"):
-            raise StrategyConfigError(f"strategy gere.adapter must be lora, full or none, got {self.adapter!r}")
-        if self.per_batch < 1 or self.n_samples < 1 or self.max_tokens < 2:
-            raise StrategyConfigError("strategy gere.per_batch and gere.n_samples must be >= 1, gere.max_tokens >= 2")
+        check_adapter(self.adapter, "strategy gere.adapter")
+        check_lora(self.lora, "strategy gere.lora")
+        check_range(self.n_samples, "strategy gere.n_samples", 1, integer=True)
+        check_range(self.max_tokens, "strategy gere.max_tokens", 2, integer=True)  # a next-token loss needs two
+        check_range(self.per_batch, "strategy gere.per_batch", 1, integer=True)
+        check_choice(self.loss, "strategy gere.loss", LOSSES)
+        if self.weight != "dy":
+            try:
+                check_range(self.weight, "strategy gere.weight", 0)
+            except StrategyConfigError:
+                raise StrategyConfigError(f"strategy gere.weight must be a number >= 0 or 'dy', got {self.weight!r}") from None
+        check_range(self.sigma, "strategy gere.sigma", 0)  # k of mu +- k*sigma: a negative k swaps pos and neg
+        check_range(self.temperature, "strategy gere.temperature", 0, low_open=True)  # logits are divided by it
 
 
 def general_share(n_task_rows: int, n_general_rows: int) -> float:
@@ -134,7 +140,7 @@ class GeRe(Hooks):
         self.ref = {"h": h, "mask": mask, "labels": margin_labels(h, pos, neg), "pos": pos, "neg": neg,
                     "lm_head": ctx.model.get_output_embeddings().weight.detach().float().cpu().clone()}
 
-    def before_task(self, ctx) -> None:
+    def before_stage(self, ctx) -> None:
         if self.ref is None:
             self._reference(ctx)
 

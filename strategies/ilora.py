@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
+from strategies.base import Hooks, LoraSettings, register
 from strategies.buffer import BufferConfig, ReplayBuffer
+from strategies.checks import check_choice, check_lora, check_nested, check_range
 from strategies.lora import adapter_weights, add_lora, activate
 from strategies.replay import mix
 
@@ -38,14 +39,15 @@ class ILoRAConfig:
     ratio: float = 1.0  # replay batch size / current batch size
 
     def __post_init__(self):
-        if self.consistency not in ("mse", "one_sided"):
-            raise StrategyConfigError(f"strategy ilora.consistency must be mse or one_sided, got {self.consistency!r}")
-        if self.eval_learner not in ("slow", "fast"):
-            raise StrategyConfigError(f"strategy ilora.eval_learner must be slow or fast, got {self.eval_learner!r}")
-        if not 0.0 <= self.ema_lambda <= 1.0:
-            raise StrategyConfigError(f"strategy ilora.ema_lambda must be in [0, 1], got {self.ema_lambda}")
-        if self.gamma < 0 or self.ratio < 0:
-            raise StrategyConfigError("strategy ilora.gamma and ilora.ratio must be >= 0")
+        check_lora(self.lora, "strategy ilora.lora")
+        check_range(self.ema_lambda, "strategy ilora.ema_lambda", 0, 1)
+        check_range(self.gamma, "strategy ilora.gamma", 0)
+        check_choice(self.consistency, "strategy ilora.consistency", ("mse", "one_sided"))
+        check_choice(self.eval_learner, "strategy ilora.eval_learner", ("slow", "fast"))
+        check_nested(self.buffer, "strategy ilora.buffer", BufferConfig)
+        # current rows enter the buffer while a task trains, which the fraction policy (finished tasks only) ignores
+        self.buffer.check("strategy ilora.buffer", policies=("reservoir", "per_task"))
+        check_range(self.ratio, "strategy ilora.ratio", 0)
 
 
 def ema_update(slow: dict[str, torch.Tensor], fast: dict[str, torch.Tensor], lam: float) -> None:
@@ -85,8 +87,8 @@ class ILoRA(Hooks):
         activate(model, [FAST], [FAST])
         return model
 
-    def train_batch(self, ctx, batch):
-        self.buffer.add(ctx.items, ctx.stage - 1)  # as in the code: current samples enter before the forward
+    def train_batch(self, ctx, batch, items):
+        self.buffer.add(items, ctx.stage - 1)  # as in the code: current samples enter before the forward
         if ctx.stage == 1:
             return batch
         return mix(ctx, batch, self.buffer, self.cfg.ratio)

@@ -1,7 +1,9 @@
-"""IncLoRA: a new LoRA per task, earlier ones frozen and all summed at inference; O-LoRA with lambda1 = lambda2 = 0."""
+"""IncLoRA: a new LoRA per task, earlier ones frozen and all summed at inference. It is O-LoRA with both lambdas at
+zero, so it is registered as that configuration of O-LoRA rather than as a class of its own."""
 from dataclasses import dataclass, field
 
-from strategies.base import LoraSettings, register
+from strategies.base import LoraSettings, register_variant
+from strategies.checks import check_lora
 from strategies.olora import OLoRA, OLoRAConfig
 
 
@@ -9,11 +11,8 @@ from strategies.olora import OLoRA, OLoRAConfig
 class IncLoRAConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
+    def __post_init__(self):
+        check_lora(self.lora, "strategy inc_lora.lora")  # before OLoRAConfig would name it olora.lora
 
-@register("inc_lora", IncLoRAConfig)
-class IncLoRA(OLoRA):
-    def __init__(self, cfg: IncLoRAConfig):
-        super().__init__(OLoRAConfig(lora=cfg.lora, lambda1=0.0, lambda2=0.0))
 
-    def loss(self, ctx, batch, outputs, loss):
-        return loss  # no regulariser: skip computing terms that are multiplied by zero
+register_variant("inc_lora", IncLoRAConfig, lambda cfg: OLoRA(OLoRAConfig(lora=cfg.lora, lambda1=0.0, lambda2=0.0)))

@@ -5,10 +5,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from strategies.base import LoraSettings
+from strategies.base import LoraSettings, StrategyConfigError
+from strategies.checks import check_lora
 
 
 def lora_config(s: LoraSettings) -> LoraConfig:
+    # the last guard for a config that does not check its LoRA settings itself (MIGU's): after the model loaded,
+    # but before any adapter exists
+    check_lora(s, "lora")
     return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
                       bias="none", task_type="CAUSAL_LM")
 
@@ -61,6 +65,4 @@ def apply_adapter(model, kind: str, settings: LoraSettings, adapter: str = "defa
         return full_finetune(model)
     if kind == "none":
         return model
-    from strategies.base import StrategyConfigError
-
     raise StrategyConfigError(f"adapter must be lora, full or none, got {kind!r}")

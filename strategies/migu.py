@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from benchmark.model import replaying_checkpointed_forward
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
+from strategies.checks import check_lora
 from strategies.lora import apply_adapter, lora_layers
 
 
@@ -37,6 +39,7 @@ class MIGUConfig:
             raise StrategyConfigError(f"strategy migu.threshold must be in [0, 1), got {self.threshold}")
         if self.adapter not in ("lora", "full", "none"):
             raise StrategyConfigError(f"strategy migu.adapter must be lora, full or none, got {self.adapter!r}")
+        check_lora(self.lora, "strategy migu.lora")
 
 
 def unit_mask(magnitude: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -54,10 +57,11 @@ class _Tracked:
         self.owner = owner
 
     def _hook(self, module, inputs, output):
-        if not (self.owner.collecting and torch.is_grad_enabled()):
+        # the replay of a checkpointed layer in backward would count the batch again (or only some layers)
+        if not (self.owner.collecting and torch.is_grad_enabled()) or replaying_checkpointed_forward():
             return
         out = output[0] if isinstance(output, tuple) else output
-        mask = self.owner.ctx.token_mask
+        mask = self.owner.token_mask
         # sums and counts stay on the device: an int() here would wait for the accelerator in every layer
         with torch.no_grad():
             a = out.detach().abs().float()
@@ -85,6 +89,20 @@ class MIGU(Hooks):
         self.collecting = False
         self.stats: dict[str, float] = {}
         self._masked: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded: pads are not ranked
+        self._mask_hook = None
+
+    def _capture_mask(self, module, args, kwargs) -> None:
+        self.token_mask = kwargs.get("attention_mask")
+
+    def _watch_mask(self, model) -> None:
+        """A forward pre-hook on the decoder stack (called with keyword arguments by every causal-LM head, and not
+        checkpointed) notes each batch's attention mask before the layers whose outputs MIGU ranks."""
+        if self._mask_hook is not None:
+            self._mask_hook.remove()
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        stack = base.get_decoder() if hasattr(base, "get_decoder") else base
+        self._mask_hook = stack.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
 
     def refuse(self, engine, mixed_precision):
         if engine == "deepspeed":
@@ -109,10 +127,10 @@ class MIGU(Hooks):
         return [(m.weight, m) for m in model.modules()
                 if isinstance(m, torch.nn.Linear) and m.weight.requires_grad and id(m.weight) not in tied]
 
-    def before_task(self, ctx) -> None:
+    def before_stage(self, ctx) -> None:
         for t in self.tracked:
             t.handle.remove()
-        self.ctx = ctx
+        self._watch_mask(ctx.model)  # per stage: a composed O-LoRA may have wrapped the model anew
         self.tracked = [_Tracked(w, m, self) for w, m in self._targets(ctx.model)]
         self.active = ctx.stage > 1 or self.cfg.mask_first_task
         self.collecting = self.active
@@ -150,7 +168,7 @@ class MIGU(Hooks):
         for t in self.tracked:
             t.reset()
 
-    def after_task(self, ctx) -> None:
+    def after_stage(self, ctx) -> None:
         self.collecting = False
 
 

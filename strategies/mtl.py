@@ -6,6 +6,7 @@ forgetting are reported as null.
 from dataclasses import dataclass, field
 
 from strategies.base import Hooks, LoraSettings, register
+from strategies.checks import check_adapter, check_lora
 from strategies.lora import apply_adapter
 
 
@@ -13,6 +14,11 @@ from strategies.lora import apply_adapter
 class MTLConfig:
     adapter: str = "lora"  # lora | full
     lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self):
+        # none would leave nothing to train: MTL owns the stage plan, so it is always the part that owns the model
+        check_adapter(self.adapter, "strategy mtl.adapter", ("lora", "full"))
+        check_lora(self.lora, "strategy mtl.lora")
 
 
 @register("mtl", MTLConfig)

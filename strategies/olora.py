@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from strategies.base import Hooks, LoraSettings, register
+from strategies.checks import check_lora, check_per_task, check_range
 from strategies.lora import activate, add_lora, lora_layers
 
 
@@ -29,6 +30,13 @@ class OLoRAConfig:
     # per-task overrides, e.g. the order-6 script: {dbpedia: 5, agnews: 5, ...}; conf/strategy/olora_long.yaml
     lambda1_per_task: dict[str, float] = field(default_factory=dict)
     lambda2_per_task: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_lora(self.lora, "strategy olora.lora")
+        check_range(self.lambda1, "strategy olora.lambda1", 0)
+        check_range(self.lambda2, "strategy olora.lambda2", 0)
+        check_per_task(self.lambda1_per_task, "strategy olora.lambda1_per_task")
+        check_per_task(self.lambda2_per_task, "strategy olora.lambda2_per_task")
 
 
 def orthogonality_loss(old_A: list[torch.Tensor], new_A: torch.Tensor) -> torch.Tensor:
@@ -51,7 +59,7 @@ class OLoRA(Hooks):
         self.n_adapters = 0
 
     def prepare_model(self, model, ctx):
-        return model  # adapters are created per task in before_task
+        return model  # adapters are created per task in before_stage
 
     def _add(self, ctx) -> None:
         self.n_adapters += 1
@@ -59,7 +67,7 @@ class OLoRA(Hooks):
         names = [adapter_name(i) for i in range(1, self.n_adapters + 1)]
         activate(ctx.model, active=names, train=[names[-1]])
 
-    def before_task(self, ctx) -> None:
+    def before_stage(self, ctx) -> None:
         self._add(ctx)
         ctx.model.to(ctx.device)
         task = ctx.tasks[0].name
@@ -77,6 +85,8 @@ class OLoRA(Hooks):
         return orth, l2
 
     def loss(self, ctx, batch, outputs, loss):
+        if not (self.lambda1 or self.lambda2):
+            return loss  # IncLoRA (both zero): no terms to compute
         orth, l2 = self.regularisers()
         ctx.log("olora_orth", orth)
         ctx.log("olora_l2", l2)

@@ -22,6 +22,7 @@ import torch
 from benchmark.data import collate_train, concat_batches
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.buffer import BufferConfig, ReplayBuffer
+from strategies.checks import check_adapter, check_choice, check_lora, check_nested, check_range
 from strategies.lora import apply_adapter
 
 MODES = ("mix", "interleave")
@@ -37,14 +38,18 @@ class ReplayConfig:
     include_current: bool = False  # interleave: the current task's rows enter the buffer while it trains
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise StrategyConfigError(f"strategy replay.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.adapter not in ("lora", "full", "none"):
-            raise StrategyConfigError(f"strategy replay.adapter must be lora, full or none, got {self.adapter!r}")
-        if not (math.isfinite(self.ratio) and self.ratio >= 0):
-            raise StrategyConfigError(f"strategy replay.ratio must be a number >= 0, got {self.ratio!r}")
+        check_choice(self.mode, "strategy replay.mode", MODES)
+        check_adapter(self.adapter, "strategy replay.adapter")
+        check_lora(self.lora, "strategy replay.lora")
+        check_nested(self.buffer, "strategy replay.buffer", BufferConfig)
+        self.buffer.check("strategy replay.buffer")
+        check_range(self.ratio, "strategy replay.ratio", 0)
         if self.mode == "mix" and self.include_current:
             raise StrategyConfigError("strategy replay.include_current applies to mode interleave only")
+        if self.include_current and self.buffer.policy == "fraction":
+            # the fraction policy stores a finished task's examples only: rows offered while training are dropped
+            raise StrategyConfigError("strategy replay.include_current needs buffer.policy reservoir or per_task, "
+                                      "not fraction")
 
 
 def replay_count(ratio: float, n_current: int, u: float) -> int:
@@ -85,15 +90,15 @@ class Replay(Hooks):
         # the runner shuffles (length-bucketed) the union; stored rows keep their own task's prompt and answer
         return list(items) + self.buffer.items()
 
-    def train_batch(self, ctx, batch):
+    def train_batch(self, ctx, batch, items):
         if self.cfg.mode != "interleave":
             return batch
         mixed = mix(ctx, batch, self.buffer, self.cfg.ratio)  # draw before adding: the current batch is not replayed
         if self.cfg.include_current and self.cfg.buffer.policy != "fraction":
-            self.buffer.add(ctx.items, ctx.stage - 1)
+            self.buffer.add(items, ctx.stage - 1)
         return mixed
 
-    def after_task(self, ctx) -> None:
+    def after_stage(self, ctx) -> None:
         items = [e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)]
         if self.cfg.buffer.policy == "fraction":
             self.buffer.add_task(items)

@@ -2,12 +2,16 @@
 from dataclasses import dataclass, field
 
 from strategies.base import Hooks, LoraSettings, register
+from strategies.checks import check_lora
 from strategies.lora import add_lora
 
 
 @dataclass
 class SeqLoRAConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
+
+    def __post_init__(self):
+        check_lora(self.lora, "strategy seq_lora.lora")
 
 
 @register("seq_lora", SeqLoRAConfig)

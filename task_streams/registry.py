@@ -1,13 +1,15 @@
 """Loading, validating, splitting and subsampling the benchmark tasks described in tasks.yaml/streams.yaml."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import random
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -19,6 +21,9 @@ DATA_HINT = (
     "put the CL_Benchmark release (folders TC/, SC/, NLI/, ... and instruction_config.json) there, "
     "or point to it with data.data_dir=/path or CLBENCH_DATA=/path, or set data.hub_repo=<org/name> when online"
 )
+
+
+CHAT_TEMPLATE_MODES = ("auto", "on", "off")
 
 
 class TaskDataError(ClbenchError, ValueError):
@@ -33,6 +38,7 @@ class Example:
     sentence: str
     tail: str  # "\nAnswer:"
     label: str
+    id: str = ""  # "<file in the release>#<record index>": which record this is, for predictions and split hashes
 
     @property
     def prompt(self) -> str:
@@ -73,12 +79,30 @@ class Stream:
 
 @dataclass
 class DataConfig:
-    data_dir: str | None = None
-    hub_repo: str | None = None  # a hub dataset repo laid out like the release, used when data_dir is absent
-    train_per_class: int | None = None  # None: the full training split
-    test_per_class: int | None = None  # None: the full test split
+    """The data settings of a run (`data.*` on the command line): one class, its defaults the only ones."""
+
+    data_dir: Optional[str] = None
+    hub_repo: Optional[str] = None  # a hub dataset repo laid out like the release, used when data_dir is absent
+    train_per_class: Optional[int] = None  # None: the full training split
+    test_per_class: Optional[int] = None  # None: the full test split
     seed: int = 0  # subsampling seed (independent of the training seed so that all runs see the same data)
     task_prefix: bool = True  # keep the "Task:/Dataset:" lines of the O-LoRA prompt
+    # wrap each prompt as the user turn and the answer as the assistant turn of the tokenizer's chat template:
+    # auto = when the tokenizer has one (SmolLM2-Instruct does), on = required, off = plain text
+    chat_template: str = "auto"
+
+    def __post_init__(self):
+        problems = [
+            None if self.chat_template in CHAT_TEMPLATE_MODES else
+            f"data.chat_template must be one of {'|'.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}",
+            None if self.train_per_class is None or self.train_per_class >= 1 else
+            f"data.train_per_class must be >= 1 or null, got {self.train_per_class}",
+            None if self.test_per_class is None or self.test_per_class >= 1 else
+            f"data.test_per_class must be >= 1 or null, got {self.test_per_class}",
+        ]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ClbenchError("; ".join(problems))
 
 
 def _read_yaml(name: str) -> dict[str, Any]:
@@ -88,6 +112,35 @@ def _read_yaml(name: str) -> dict[str, Any]:
 
 def available_tasks() -> list[str]:
     return list(_read_yaml("tasks.yaml")["tasks"])
+
+
+@functools.lru_cache(maxsize=8)
+def _read_yaml_at(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _read_yaml_cached(name: str) -> dict[str, Any]:
+    # the leaderboard hashes every record's config: parse the files once, again only when they change
+    path = HERE / name
+    st = path.stat()
+    return _read_yaml_at(path, st.st_mtime_ns, st.st_size)
+
+
+def task_version(spec: dict[str, Any]) -> int:
+    return int(spec.get("version", 1))
+
+
+def task_versions(tasks: list[str]) -> dict[str, int]:
+    """{task: its version in tasks.yaml} for the known tasks among `tasks`; no data is read."""
+    specs = _read_yaml_cached("tasks.yaml")["tasks"]
+    return {t: task_version(specs[t]) for t in tasks if t in specs}
+
+
+def stream_tasks(name: str) -> list[str]:
+    """The tasks of a published stream in streams.yaml ([] for an unknown name); no data is read."""
+    spec = _read_yaml_cached("streams.yaml")["streams"].get(name)
+    return list(spec["tasks"]) if spec else []
 
 
 def available_streams() -> list[str]:
@@ -179,7 +232,7 @@ def _render(task: str, family: str, instruction: str, labels: list[str], prefix:
     head = f"Task:{family}\nDataset:{task}\n" if prefix else ""
     if instruction:  # COPA has none: its sentence already states the choice
         head += f"{instruction}Option: {', '.join(labels)} \n"
-    return Example(head=head, sentence=r["sentence"], tail="\nAnswer:", label=r["label"])
+    return Example(head=head, sentence=r["sentence"], tail="\nAnswer:", label=r["label"], id=r.get("_id", ""))
 
 
 def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = None) -> Task:
@@ -219,6 +272,8 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
             if p is None:
                 raise TaskDataError(f"task {name!r}: split file {files.describe(rel)} is missing: {DATA_HINT}")
             records = _load_json(p)
+            if isinstance(records, list):  # ids before any filtering, so that they are record indices in the file
+                records = [dict(r, _id=f"{rel}#{i}") if isinstance(r, dict) else r for i, r in enumerate(records)]
             prov[split] = {"source": files.describe(rel)}
             if spec.get("drop_labels") and isinstance(records, list):
                 kept = [r for r in records if not (isinstance(r, dict) and r.get("label") in spec["drop_labels"])]
@@ -246,7 +301,11 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
     train = _per_class(raw["train"], cfg.train_per_class, rng["train"])
     test = _per_class(raw["test"], cfg.test_per_class, rng["test"])
     prov["train"]["used"], prov["test"]["used"] = len(train), len(test)
+    for split, used in (("train", train), ("test", test)):
+        # the exact records and their order: two runs or machines with equal hashes saw the same data
+        prov[split]["ids_sha256"] = hashlib.sha256("\n".join(r["_id"] for r in used).encode()).hexdigest()
     prov["subsample"] = {"train_per_class": cfg.train_per_class, "test_per_class": cfg.test_per_class, "seed": cfg.seed}
+    prov["version"] = task_version(spec)
     render = lambda r: _render(name, family, instruction, labels, cfg.task_prefix, r)  # noqa: E731
     return Task(name, family, labels, [render(r) for r in train], [render(r) for r in test], prov)
 

@@ -162,9 +162,9 @@ def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
         page.goto(page_url)
         strategies = lambda: page.eval_on_selector_all("#board tbody tr td:nth-child(3)", "els => els.map(e => e.textContent)")  # noqa: E731
         assert strategies() == ["replay", "olora", "seq_lora"]  # generated order: AA descending
-        page.click("#board th:nth-child(7)")  # AA, ascending
+        page.click("#board th:nth-child(8)")  # AA, ascending
         assert strategies() == ["seq_lora", "olora", "replay"]
-        page.click("#board th:nth-child(7)")  # descending
+        page.click("#board th:nth-child(8)")  # descending
         assert strategies() == ["replay", "olora", "seq_lora"]
         page.click("#board th:nth-child(3)")  # strategy names, alphabetical
         assert strategies() == ["olora", "replay", "seq_lora"]

@@ -237,14 +237,14 @@ def test_two_seq_lora_configs_with_the_same_settings_are_ambiguous(tmp_path):
 
 
 def test_browser_test_columns_keep_their_places(tmp_path):
-    # tests/test_integration.py clicks th 7 (AA) and reads td 3 (strategy)
+    # tests/test_integration.py clicks th 8 (AA) and reads td 3 (strategy)
     _board(tmp_path)
     page = (tmp_path / "leaderboard.html").read_text()
     heads = re.findall(r"<th>([^<]*)</th>", page)
-    assert heads[2] == "Strategy" and heads[6] == "AA"
+    assert heads[2] == "Strategy" and heads[7] == "AA"
     first_row = re.search(r"<tbody>\s*<tr>(.*?)</tr>", page, re.S).group(1)
     cells = re.findall(r'<td[^>]*data-v="([^"]*)"', first_row)
-    assert cells[2] == "better" and float(cells[6]) == pytest.approx(statistics.fmean(BASE) + statistics.fmean(BETTER))
+    assert cells[2] == "better" and float(cells[7]) == pytest.approx(statistics.fmean(BASE) + statistics.fmean(BETTER))
 
 
 # ---------------------------------------------------------------- records that must not break the board

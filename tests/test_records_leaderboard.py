@@ -78,7 +78,7 @@ def test_leaderboard_groups_seeds_with_spread_and_reports_bad_records(tmp_path):
     assert "60.00 ± 7.07" in md and "2 (1, 2)" in md
     assert "broken.json" in md and "Records not included" in md
     csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
-    assert csv[0].startswith("stream,model,strategy,config,eval,n,seeds,aa,aa_sd") and len(csv) == 3
+    assert csv[0].startswith("stream,model,strategy,config,eval,chat,n,seeds,aa,aa_sd") and len(csv) == 3
     html = (tmp_path / "leaderboard.html").read_text()
     assert html.count("<svg") == 2 * 3  # heatmap + curves per run
     assert "broken.json" in html

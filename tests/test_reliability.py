@@ -458,8 +458,11 @@ def test_preflight_accepts_the_default_and_the_full_data_config(tmp_path):
     ("trainer.batch_size=0", "trainer.batch_size must be >= 1, got 0"),
     ("trainer.grad_accum=0", "trainer.grad_accum must be >= 1, got 0"),
     ("trainer.epochs=0", "trainer.epochs must be >= 1, got 0"),
-    ("data.train_per_class=0", "data.train_per_class must be >= 1, got 0"),
-    ("data.test_per_class=-1", "data.test_per_class must be >= 1, got -1"),
+    ("data.train_per_class=0", "data.train_per_class must be >= 1 or null, got 0"),
+    ("data.test_per_class=-1", "data.test_per_class must be >= 1 or null, got -1"),
+    ("data.chat_template=yes", "data.chat_template must be one of auto|on|off, got 'yes'"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1, got 0"),
+    ("eval.general_passages=-1", "eval.general_passages must be >= 0, got -1"),
     ("trainer.lr=0", "trainer.lr must be a finite number > 0, got 0.0"),
     ("trainer.lr=-1e-3", "trainer.lr must be a finite number > 0, got -0.001"),
     ("trainer.lr=nan", "trainer.lr must be a finite number > 0, got nan"),
@@ -471,7 +474,7 @@ def test_preflight_accepts_the_default_and_the_full_data_config(tmp_path):
     ("trainer.device=tpu", "trainer.device must be one of auto|cpu|cuda, got 'tpu'"),
     ("trainer.mixed_precision=fp8", "trainer.mixed_precision must be one of no|bf16|fp16, got 'fp8'"),
     ("model.dtype=float64", "model.dtype must be one of float32|bfloat16|float16, got 'float64'"),
-    ("eval.mode=sample", "eval.mode must be one of loglik|generate, got 'sample'"),
+    ("eval.mode=sample", "eval.mode must be one of both|generate|loglik, got 'sample'"),
     ("logger.name=mlflow", "logger.name must be one of none|wandb, got 'mlflow'"),
 ])
 def test_preflight_names_the_key_of_a_bad_value(tmp_path, override, message):
@@ -482,8 +485,8 @@ def test_preflight_names_the_key_of_a_bad_value(tmp_path, override, message):
 
 def test_preflight_lists_every_problem_on_one_line(tmp_path):
     with pytest.raises(ClbenchError) as e:
-        _check(tmp_path, "trainer.batch_size=0", "eval.batch_size=0")
-    assert str(e.value) == "trainer.batch_size must be >= 1, got 0; eval.batch_size must be >= 1, got 0"
+        _check(tmp_path, "trainer.batch_size=0", "trainer.epochs=0")
+    assert str(e.value) == "trainer.batch_size must be >= 1, got 0; trainer.epochs must be >= 1, got 0"
 
 
 def test_preflight_checks_the_machine_can_do_what_is_asked(tmp_path, monkeypatch):

@@ -86,8 +86,11 @@ def test_right_padded_batch_gives_the_token_weighted_loss_of_its_rows():
     alone = [runner.answer_loss(ctx, collate_train([x], tok.pad_token_id), False)[0] for x in (short, long_)]
     # token-weighted mean over the 3 + 2 answer tokens
     assert both.item() == pytest.approx((3 * alone[0].item() + 2 * alone[1].item()) / 5, rel=1e-5)
-    labels = collate_train([short, long_], tok.pad_token_id)["labels"]
-    assert (labels != -100).sum() == 5  # prompt and pad tokens carry no loss
+    batch = collate_train([short, long_], tok.pad_token_id)
+    # 7 + 3 and 25 + 2 tokens: the short row's padding follows its tokens (a left-padded batch would shift it)
+    assert batch["attention_mask"].tolist() == [[1] * 10 + [0] * 17, [1] * 27]
+    assert batch["input_ids"][0, :10].tolist() == [*short.prompt, *short.answer]
+    assert (batch["labels"] != -100).sum() == 5  # prompt and pad tokens carry no loss
 
 
 def test_length_bucketing_cuts_padding():
@@ -164,5 +167,5 @@ def test_toy_strategy_from_the_tests_folder_registers_and_runs(tiny_run, tmp_pat
     strat = build(dict(cfg.strategy))
     rec = load_record(runner.run(cfg, strat))
     assert type(strat).__name__ == "ToyL2" and strat.cfg.beta == 0.1
-    assert strat.calls["before_task"] == 3 and strat.calls["after_task"] == 3 and strat.calls["loss"] > 0
+    assert strat.calls["before_stage"] == 3 and strat.calls["after_stage"] == 3 and strat.calls["loss"] > 0
     assert rec["strategy"]["name"] == "toy_l2"

@@ -73,9 +73,9 @@ def runs(tmp_path_factory):
         cfg = _cfg(yaml_name, out)
         s = build(dict(cfg.strategy))
         seen: dict = {"grads_left": [], "eval_changed": [], "ctx": None}
-        orig_after = s.after_task
+        orig_after = s.after_stage
 
-        def after_task(ctx, _orig=orig_after):
+        def after_stage(ctx, _orig=orig_after):
             _orig(ctx)
             seen["grads_left"].append([n for n, p in ctx.model.named_parameters() if p.grad is not None])
             before = _state(ctx.model)
@@ -84,7 +84,7 @@ def runs(tmp_path_factory):
             seen["eval_changed"].append(not _same_state(before, _state(ctx.model)))
             seen["ctx"] = ctx
 
-        s.after_task = after_task
+        s.after_stage = after_stage
         rec = load_record(runner.run(cfg, s))
         cache[yaml_name] = {"record": rec, "strategy": s, "seen": seen, "cfg": cfg}
         return cache[yaml_name]
@@ -207,13 +207,13 @@ def test_batch_b_times_accumulation_k_trains_like_batch_kb(tmp_path, monkeypatch
         cfg = compose_cfg(TINY_RUN + over + ["strategy=seq_lora", "stream.tasks=[dbpedia,amazon]", "trainer.lr=0.05",
                                              f"results_dir={tmp_path / name}"])
         s = build(dict(cfg.strategy))
-        orig = s.after_task
+        orig = s.after_stage
 
-        def after_task(ctx, _orig=orig, _name=name):
+        def after_stage(ctx, _orig=orig, _name=name):
             _orig(ctx)
             weights.setdefault(_name, []).append({k: v.detach().clone() for k, v in adapter_weights(ctx.model, "default").items()})
 
-        s.after_task = after_task
+        s.after_stage = after_stage
         rec = load_record(runner.run(cfg, s))
         assert [st["steps"] for st in rec["stages"]] == [2, 2]
     for a, b in zip(weights["kb"], weights["b_k"]):

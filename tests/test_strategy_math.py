@@ -78,9 +78,9 @@ def test_masked_units_do_not_move_under_adamw():
     lin = torch.nn.Linear(4, 6)
     opt = torch.optim.AdamW([lin.weight], lr=0.1, weight_decay=0.1)
     migu = MIGU(MIGUConfig(adapter="none", threshold=0.5))
-    ctx = SimpleNamespace(stage=2, model=None, token_mask=None, optimizer=opt, tasks=[],
+    ctx = SimpleNamespace(stage=2, model=None, optimizer=opt, tasks=[],
                           accelerator=SimpleNamespace(num_processes=1), log=lambda *a: None)
-    migu.ctx, migu.active, migu.collecting = ctx, True, True
+    migu.active, migu.collecting = True, True
     from strategies.migu import _Tracked
 
     migu.tracked = [_Tracked(lin.weight, lin, migu)]

@@ -21,13 +21,13 @@ class ToyConfig:
 class ToyL2(Hooks):
     def __init__(self, cfg: ToyConfig):
         self.cfg = cfg
-        self.calls = {"before_task": 0, "loss": 0, "after_task": 0}
+        self.calls = {"before_stage": 0, "loss": 0, "after_stage": 0}
 
     def prepare_model(self, model, ctx):
         return add_lora(model, self.cfg.lora, "default")
 
-    def before_task(self, ctx):
-        self.calls["before_task"] += 1
+    def before_stage(self, ctx):
+        self.calls["before_stage"] += 1
 
     def loss(self, ctx, batch, outputs, loss):
         self.calls["loss"] += 1
@@ -35,5 +35,5 @@ class ToyL2(Hooks):
         ctx.log("toy_l2", l2)
         return loss + self.cfg.beta * l2
 
-    def after_task(self, ctx):
-        self.calls["after_task"] += 1
+    def after_stage(self, ctx):
+        self.calls["after_stage"] += 1

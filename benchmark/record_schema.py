@@ -1,0 +1,284 @@
+"""The run record (schema `clbench.run/1`, benchmark/records.py SCHEMA) as types: every key that benchmark/runner.py
+writes, with the type of its value, in one place (as lm-evaluation-harness's result_schema.py does for its
+results). Readers (the leaderboard, notebooks) can rely on it, and tests check the record of a real run against it
+with `problems`, so a key added to, renamed in or dropped from the runner without this file fails a test.
+
+`config` is the run's whole configuration; its schema is benchmark/config.py's RunConfig. Records written before
+a key existed lack it (prompt_format, anatomy, scores, primary_mode, predictions, stream.splits.<task>.version):
+the types describe what the runner writes now.
+
+No `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations only.
+"""
+import types
+import typing
+from typing import Any, Literal, NotRequired, Optional, TypedDict, Union
+
+Matrix = list[list[float]]  # rows: zero-shot, then one per stage; columns: the stream's tasks; accuracy %
+
+
+class Metrics(TypedDict):
+    aa: float
+    bwt: Optional[float]  # None where undefined (one task; MTL's two-row matrix)
+    fwt: Optional[float]
+    forgetting: Optional[float]
+    learning_accuracy: Optional[float]
+    avg_incremental_accuracy: Optional[float]
+    zero_shot_aa: float
+    ppl_before: Optional[float]  # general-ability perplexity; None when eval.general_passages=0
+    ppl_after: Optional[float]
+    ppl_rel_change: Optional[float]
+    fwt_vs_single_task: NotRequired[Optional[float]]  # only with single-task reference accuracies
+
+
+class Split(TypedDict):
+    source: str  # the release file (or hub:<repo>/<file>)
+    records: int
+    used: int
+    ids_sha256: str  # the exact records used, in order
+    derived: NotRequired[str]  # a split held out of another (tasks.yaml derive_from)
+    note: NotRequired[str]  # the split another was held out of
+    dropped: NotRequired[str]  # records removed by tasks.yaml drop_labels
+
+
+class Subsample(TypedDict):
+    train_per_class: Optional[int]
+    test_per_class: Optional[int]
+    seed: int
+
+
+class TaskProvenance(TypedDict):
+    train: Split
+    test: Split
+    subsample: Subsample
+    version: int  # the task's version in task_streams/tasks.yaml
+
+
+class Stream(TypedDict):
+    name: str  # a published order, or custom:<task>+<task>... for stream.tasks
+    tasks: list[str]  # the tasks run, in order
+    skipped: list[str]  # tasks of the order without data (missing: skip)
+    replaces: dict[str, str]
+    splits: dict[str, TaskProvenance]
+
+
+class Strategy(TypedDict):
+    name: str  # the strategy actually run (a composition: its parts joined by '+')
+    config: dict[str, Any]
+
+
+class Model(TypedDict):
+    name: str
+    source: str
+    dtype: str
+    load_s: float
+    parameters: int
+    chat_template: bool  # what data.chat_template resolved to for this tokenizer
+
+
+class MatrixBlock(TypedDict):
+    rows: list[str]
+    columns: list[str]
+    values: Matrix
+    unit: str
+
+
+class PromptFormat(TypedDict):
+    chat_template: str  # as asked: auto | on | off
+    applied: bool
+
+
+class GenerationStats(TypedDict):
+    mean_tokens: float
+    at_limit: float  # share of rows that reached max_new_tokens without EOS
+
+
+class Generation(TypedDict):
+    max_new_tokens: int
+    rows: list[Optional[dict[str, GenerationStats]]]  # per evaluation, per task; None without generation
+
+
+class TaskAnatomy(TypedDict):
+    examples: int
+    wrong: int
+    same_task_label: int
+    other_task_label: int
+    just_trained: int
+    no_label: int
+    empty: int
+    over_long: int
+    malformed: int
+    other_tasks: dict[str, int]
+
+
+class AnatomySummary(TypedDict):
+    tasks: list[str]
+    wrong: int
+    other_task_label_pct: Optional[float]
+    same_task_label_pct: Optional[float]
+    no_label_pct: Optional[float]
+    just_trained_pct: Optional[float]
+
+
+class Anatomy(TypedDict):
+    rows: list[Optional[dict[str, TaskAnatomy]]]
+    summary: Optional[AnatomySummary]
+
+
+class Resumed(TypedDict):
+    after_stages: list[int]
+    attempts: int
+
+
+class Cost(TypedDict):
+    wall_s: float  # every attempt of a resumed run together
+    train_s: float
+    answer_tokens_per_s: Optional[float]
+    peak_memory_mb: float
+    trainable_params: int
+    processes: int
+    device: str
+    mixed_precision: str
+
+
+class Stage(TypedDict):
+    tasks: list[str]
+    steps: int
+    micro_batches: int
+    epochs: int
+    seconds: float
+    answer_tokens: int
+    padded_tokens: int
+    answer_tokens_per_s: Optional[float]
+    padded_tokens_per_s: Optional[float]
+    mean_loss: float
+    examples: int
+
+
+class Setup(TypedDict):
+    world_size: int
+    per_device_batch: int
+    grad_accum: int
+    effective_batch: int
+    model_dtype: str
+    mixed_precision: str
+    deterministic_algorithms: bool
+    engine: str
+
+
+class Git(TypedDict):
+    commit: Optional[str]  # None outside a git checkout
+    dirty: Optional[bool]
+
+
+class Hardware(TypedDict):
+    platform: str
+    machine: str
+    python: str
+    cpu_count: Optional[int]
+    torch_threads: int
+    memory_gb: NotRequired[float]
+    cpu_model: Optional[str]
+    gpus: NotRequired[list[str]]  # with CUDA only
+    cuda: NotRequired[Optional[str]]
+    gpu_driver: NotRequired[Optional[str]]
+
+
+class EnvironmentLock(TypedDict):
+    lock: str
+    locked: bool
+    differs: Optional[list[str]]  # None without a lock file
+
+
+class Provenance(TypedDict):
+    git: Git
+    packages: dict[str, Optional[str]]
+    hardware: Hardware
+    environment: EnvironmentLock
+
+
+class Score(TypedDict):
+    values: Matrix
+    metrics: Metrics
+
+
+class PredictionFile(TypedDict):
+    row: int
+    after: str
+    file: str
+    sha256: str
+
+
+class Predictions(TypedDict):
+    folder: str  # beside the record
+    files: list[PredictionFile]
+
+
+class RunRecord(TypedDict):
+    schema: Literal["clbench.run/1"]
+    run_id: str
+    created_utc: str
+    config: dict[str, Any]
+    config_hash: str
+    seed: int
+    stream: Stream
+    strategy: Strategy
+    model: Model
+    eval_mode: Literal["both", "generate", "loglik"]
+    matrix: MatrixBlock  # the primary mode's scores (primary_mode)
+    metrics: Metrics
+    prompt_format: PromptFormat
+    generation: Generation
+    anatomy: Anatomy
+    resumed: Resumed
+    cost: Cost
+    stages: list[Stage]
+    setup: Setup
+    provenance: Provenance
+    scores: dict[Literal["generate", "loglik"], Score]  # every mode computed
+    primary_mode: Literal["generate", "loglik"]
+    predictions: Predictions
+
+
+def problems(value: Any, tp: Any = RunRecord, path: str = "record") -> list[str]:
+    """Where `value` differs from type `tp`: '<key path>: <what>' for each missing or unexpected TypedDict key
+    and each value of the wrong type ([] when it conforms). JSON numbers: an int is accepted where a float is
+    declared, a bool never counts as a number."""
+    if tp is Any:
+        return []
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if typing.is_typeddict(tp):
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping, got {type(value).__name__}"]
+        hints = typing.get_type_hints(tp)
+        out = [f"{path}.{k}: missing" for k in sorted(tp.__required_keys__ - set(value))]
+        out += [f"{path}.{k}: not in the schema" for k in sorted(set(value) - set(hints), key=str)]
+        for k, sub in hints.items():
+            if k in value:
+                out += problems(value[k], sub, f"{path}.{k}")
+        return out
+    if origin in (Union, types.UnionType):
+        found = [problems(value, a, path) for a in args]
+        return [] if any(not f for f in found) else min(found, key=len)
+    if origin is Literal:
+        return [] if value in args else [f"{path}: expected one of {list(args)}, got {value!r}"]
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {type(value).__name__}"]
+        return [p for i, v in enumerate(value) for p in problems(v, args[0], f"{path}[{i}]")]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{path}: expected a mapping, got {type(value).__name__}"]
+        out = []
+        for k, v in value.items():
+            out += problems(k, args[0], f"{path} key {k!r}")
+            out += problems(v, args[1], f"{path}.{k}")
+        return out
+    if value is None:
+        return [] if tp is type(None) else [f"{path}: expected {tp.__name__}, got null"]
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    return [] if ok else [f"{path}: expected {tp.__name__}, got {type(value).__name__} {value!r}"[:200]]
