@@ -9,20 +9,56 @@ from strategies.base import LoraSettings, StrategyConfigError
 from strategies.checks import check_lora
 
 
-def lora_config(s: LoraSettings) -> LoraConfig:
-    # the last guard for a config that does not check its LoRA settings itself (MIGU's): after the model loaded,
-    # but before any adapter exists
+# the attention query and value projections (the papers' LoRA targets) under each architecture's names, tried in
+# order by `target_modules: [auto]`: Llama/Qwen/Mistral/SmolLM/Phi, T5, GPT-2 (fused qkv), GPT-NeoX/Falcon/Bloom
+QUERY_VALUE_NAMES = (("q_proj", "v_proj"), ("q", "v"), ("c_attn",), ("query_key_value",))
+
+
+def _leaf_names(model) -> set[str]:
+    # GPT-2's projections are transformers' Conv1D; a module that already carries an adapter is a LoraLayer
+    return {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+            if isinstance(m, (torch.nn.Linear, LoraLayer)) or type(m).__name__ == "Conv1D"}
+
+
+def _model_type(model) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", type(model).__name__))
+
+
+def resolve_targets(model, targets: list[str]) -> list[str]:
+    """The module names LoRA wraps in `model`: `[auto]` picks the architecture's query/value projections; named
+    targets must exist, or the run stops naming the model and what would match."""
+    present = _leaf_names(model)
+    if list(targets) == ["auto"]:
+        for names in QUERY_VALUE_NAMES:
+            if all(n in present for n in names):
+                return list(names)
+        raise StrategyConfigError(f"strategy lora.target_modules=[auto]: no query/value projection of a known "
+                                  f"architecture in model type {_model_type(model)!r}; name the modules to adapt")
+    missing = [t for t in targets if t not in present]
+    if missing:
+        hint = next((list(n) for n in QUERY_VALUE_NAMES if all(x in present for x in n)), None)
+        raise StrategyConfigError(f"strategy lora.target_modules {missing} match no module of model type "
+                                  f"{_model_type(model)!r}" + (f" (its query/value projections are {hint}; "
+                                  "strategy.lora.target_modules=[auto] picks them)" if hint else ""))
+    return list(targets)
+
+
+def lora_config(s: LoraSettings, targets: list[str] | None = None) -> LoraConfig:
+    # the last guard for a config that does not check its LoRA settings itself: after the model loaded, but
+    # before any adapter exists
     check_lora(s, "lora")
-    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=list(s.target_modules),
-                      bias="none", task_type="CAUSAL_LM")
+    return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
+                      target_modules=list(targets or s.target_modules), bias="none", task_type="CAUSAL_LM")
 
 
 def add_lora(model, settings: LoraSettings, adapter: str):
     """Wrap a plain model (or add an adapter to a PeftModel); only this adapter's weights train."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    targets = resolve_targets(base, list(settings.target_modules))
     if isinstance(model, PeftModel):
-        model.add_adapter(adapter, lora_config(settings))
+        model.add_adapter(adapter, lora_config(settings, targets))
     else:
-        model = get_peft_model(model, lora_config(settings), adapter_name=adapter)
+        model = get_peft_model(model, lora_config(settings, targets), adapter_name=adapter)
     return model
 
 

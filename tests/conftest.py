@@ -41,3 +41,19 @@ def data_cfg():
     from task_streams import DataConfig
 
     return DataConfig(train_per_class=2, test_per_class=2)
+
+
+@pytest.fixture(scope="session")
+def two_task_run(tmp_path_factory):
+    """(record path, record) of one finished tiny run over dbpedia -> agnews with both scores, its predictions
+    beside it; shared by the tests that read records, since it takes a few seconds."""
+    import json
+
+    from benchmark import runner
+
+    out = tmp_path_factory.mktemp("two_task_run")
+    cfg = compose_cfg(["model=tiny", f"results_dir={out}", "stream.tasks=[dbpedia,agnews]", "data.train_per_class=2",
+                       "data.test_per_class=2", "trainer.batch_size=4", "eval.max_new_tokens=6",
+                       "eval.general_passages=2", "eval.general_tokens=32", "leaderboard=false"])
+    path = runner.run(cfg)
+    return path, json.loads(path.read_text())

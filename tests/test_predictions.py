@@ -1,15 +1,13 @@
 """Issue 12: both scores in one pass, generation as the papers run it, chat templates, per-example predictions that
 re-score to the record, the anatomy of errors and split provenance."""
 import gzip
-import json
 import shutil
 
 import pytest
 import torch
 
-from benchmark import leaderboard, predictions, runner
-from benchmark.config import compose
-from benchmark.data import Encoded, Encoder, collate_train, use_chat_template
+from benchmark import leaderboard, predictions
+from benchmark.data import Encoder, collate_train, use_chat_template
 from benchmark.errors import ClbenchError
 from benchmark.evaluation import EvalConfig, generate_predictions, loglik_scores, score_examples
 from benchmark.model import byte_tokenizer, tiny_model
@@ -106,20 +104,20 @@ def test_chat_template_wraps_the_prompt_as_the_user_turn_and_the_answer_as_the_a
 
 
 # ------------------------------------------------------------------ a tiny run: record, files, re-scoring
+# (the two_task_run fixture is in conftest.py, shared with the record-schema tests)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pred")
-    cfg = compose(["model=tiny", f"results_dir={out}", "stream.tasks=[dbpedia,agnews]", "data.train_per_class=2",
-                   "data.test_per_class=2", "trainer.batch_size=4", "eval.max_new_tokens=6", "eval.general_passages=2",
-                   "eval.general_tokens=32", "leaderboard=false"])
-    path = runner.run(cfg)
-    return path, json.loads(path.read_text())
+def _copy_run(path, rec, dest):
+    """A record and its predictions folder in a runs folder of their own."""
+    runs = dest / "runs"
+    runs.mkdir()
+    shutil.copy(path, runs / path.name)
+    shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
+    return runs
 
 
-def test_record_holds_both_matrices_predictions_anatomy_and_split_hashes(tiny_run):
-    path, rec = tiny_run
+def test_record_holds_both_matrices_predictions_anatomy_and_split_hashes(two_task_run):
+    path, rec = two_task_run
     assert set(rec["scores"]) == {"generate", "loglik"} and rec["primary_mode"] == "generate"
     assert rec["matrix"]["values"] == rec["scores"]["generate"]["values"]
     assert rec["metrics"] == rec["scores"]["generate"]["metrics"]
@@ -137,8 +135,8 @@ def test_record_holds_both_matrices_predictions_anatomy_and_split_hashes(tiny_ru
     assert all(l["row"] == 1 and l["after"] == "dbpedia" for l in lines)
 
 
-def test_rescoring_the_predictions_gives_the_record_matrices_exactly(tiny_run):
-    path, rec = tiny_run
+def test_rescoring_the_predictions_gives_the_record_matrices_exactly(two_task_run):
+    path, rec = two_task_run
     assert predictions.rescore(rec, path) == {m: s["values"] for m, s in rec["scores"].items()}
     # the files decide: a changed answer changes the re-scored matrix
     lines = predictions.load_run(rec, path)[0]
@@ -148,12 +146,9 @@ def test_rescoring_the_predictions_gives_the_record_matrices_exactly(tiny_run):
     assert row != rec["scores"]["generate"]["values"][0]
 
 
-def test_the_leaderboard_rejects_a_record_whose_predictions_changed(tiny_run, tmp_path):
-    path, rec = tiny_run
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    shutil.copy(path, runs / path.name)
-    shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
+def test_the_leaderboard_rejects_a_record_whose_predictions_changed(two_task_run, tmp_path):
+    path, rec = two_task_run
+    runs = _copy_run(path, rec, tmp_path)
     assert leaderboard.build_board(runs, tmp_path)["n_records"] == 1
     f = runs / rec["predictions"]["folder"] / "row-1.jsonl.gz"
     with gzip.open(f, "at") as g:
@@ -212,12 +207,9 @@ def test_anatomy_sorts_every_wrong_answer_into_one_kind():
     assert predictions.anatomy([{**lines[0], "generation": None}], labels, []) is None
 
 
-def test_the_html_page_draws_an_anatomy_bar_per_evaluation(tiny_run, tmp_path):
-    path, rec = tiny_run
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    shutil.copy(path, runs / path.name)
-    shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
+def test_the_html_page_draws_an_anatomy_bar_per_evaluation(two_task_run, tmp_path):
+    path, rec = two_task_run
+    runs = _copy_run(path, rec, tmp_path)
     leaderboard.regenerate(runs, tmp_path)
     page = (tmp_path / "leaderboard.html").read_text()
     assert page.count('class="anatomy"') == 1 and 'id="board-loglik"' in page

@@ -18,14 +18,8 @@ EXAMPLES = ROOT / "results" / "examples"
 
 
 @pytest.fixture(scope="module")
-def record(tmp_path_factory):
-    from benchmark import runner
-
-    out = tmp_path_factory.mktemp("schema")
-    cfg = compose(["model=tiny", f"results_dir={out}", "stream.tasks=[dbpedia,agnews]", "data.train_per_class=2",
-                   "data.test_per_class=2", "trainer.batch_size=4", "eval.max_new_tokens=6", "eval.general_passages=2",
-                   "eval.general_tokens=32", "leaderboard=false"])
-    return json.loads(runner.run(cfg).read_text())
+def record(two_task_run):
+    return two_task_run[1]
 
 
 def test_a_real_record_has_exactly_the_schema_keys_and_types(record):
