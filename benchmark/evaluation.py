@@ -68,7 +68,8 @@ def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.T
     return b["input_ids"].to(device), b["attention_mask"].to(device), b["position_ids"].to(device)
 
 
-def _shard(items: list, rank: int, world: int) -> list[int]:
+def shard(items: list, rank: int, world: int) -> list[int]:
+    """The indices this process evaluates: every world-th item from its rank (the main process gathers)."""
     return [i for i in range(len(items)) if i % world == rank]
 
 
@@ -340,7 +341,7 @@ def accuracy(model, examples: list[Encoded], labels: list[str], encoder, cfg: Ev
     log-likelihood. The runner scores through score_examples and keeps every example's result."""
     if cfg.mode not in MODES:
         raise ClbenchError(f"eval.mode must be one of {'|'.join(MODES)}, got {cfg.mode!r}")
-    mine = [examples[i] for i in _shard(examples, rank, world)]
+    mine = [examples[i] for i in shard(examples, rank, world)]
     if not mine:
         return 0, 0
     tok = encoder.tok

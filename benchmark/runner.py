@@ -3,7 +3,6 @@ checkpoint) -> metrics -> run record. Strategies act only through their hooks (s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import inspect
 import math
@@ -235,7 +234,7 @@ def evaluate_all(ctx: RunContext, strategy, tests: dict[str, list[Encoded]], row
     with strategy.eval_model(ctx), acc.autocast():
         for task in ctx.stream.tasks:
             examples = tests[task.name]
-            mine = evaluation._shard(examples, acc.process_index, acc.num_processes)
+            mine = evaluation.shard(examples, acc.process_index, acc.num_processes)
             bar = f"eval {after} {task.name}" if acc.is_local_main_process else None
             answers = [ctx.encoder.answer(l) for l in task.labels]
             scored = evaluation.score_examples(ctx.model, [examples[i] for i in mine], answers, tok.pad_token_id,
