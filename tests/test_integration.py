@@ -191,3 +191,39 @@ def test_cold_and_warm_model_cache_give_identical_records(tmp_path):
     assert cold["matrix"]["values"] == warm["matrix"]["values"]
     assert cold["metrics"] == warm["metrics"]
     assert [s["mean_loss"] for s in cold["stages"]] == [s["mean_loss"] for s in warm["stages"]]
+
+
+@pytest.mark.browser
+def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
+    """The forgetting anatomy of a real (tiny) run: one stacked bar per evaluation, drawn with visible height."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (run .ci/browser-setup)")
+    from playwright.sync_api import sync_playwright
+
+    from benchmark import leaderboard
+
+    path, rec = two_task_run
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    shutil.copy(path, runs / path.name)
+    shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
+    leaderboard.regenerate(runs, tmp_path)
+    shots = Path(os.environ.get("CLBENCH_SCREENSHOTS", ROOT / "results" / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto((tmp_path / "leaderboard.html").as_uri())
+        assert not page.is_visible("svg.anatomy")  # folded away until the run is opened
+        page.click("details summary", position={"x": 4, "y": 6})  # the disclosure marker, not the record link
+        assert page.is_visible("svg.anatomy")
+        heights = page.eval_on_selector_all("svg.anatomy rect[class^=part-]",
+                                            "els => els.map(e => e.getBoundingClientRect().height)")
+        bars = page.eval_on_selector_all("svg.anatomy rect[class^=part-]", "els => new Set(els.map(e => e.x.baseVal.value)).size")
+        assert bars == len(rec["matrix"]["values"]) and all(h > 0 for h in heights)
+        page.screenshot(path=str(shots / "anatomy.png"), full_page=True)
+        browser.close()
+    assert (shots / "anatomy.png").stat().st_size > 1000

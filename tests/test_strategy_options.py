@@ -61,7 +61,8 @@ def _nest(option: str, value) -> dict:
 
 def test_the_table_covers_every_option_of_every_registered_strategy():
     covered = {(s, o) for s, o, _ in BAD + MIGU_LORA}
-    for name in registered():
+    # the built-in strategies: a test may have registered a toy one from the tests folder
+    for name in (n for n in registered() if _REGISTRY[n][1].__module__.startswith("strategies.")):
         cls = _REGISTRY[name][0]
         options = {"parts"} if name == "compose" else _options(cls)
         assert options == {o for s, o in covered if s == name}, name
