@@ -11,6 +11,7 @@ and generate from a second prompt forward.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import string
@@ -248,7 +249,13 @@ class Scored:
 def _cache_kw(model) -> str:
     # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40); 4.x knows the old one
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT forwards **kwargs
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return _cache_name(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_name(cls: type) -> str:
+    # looked up once per model class: generation asks at every decoded token
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _cache_of(out):
