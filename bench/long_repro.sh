@@ -17,8 +17,9 @@ PARALLEL=${PARALLEL:-1}
 CLI=${CLI:-clbench-run}
 LEADERBOARD=${LEADERBOARD:-clbench-leaderboard}
 mkdir -p "$RESULTS/logs"
-for s in $STRATEGIES; do
-  for seed in $SEEDS; do
+# seeds outermost: a run cut short by the session's end still leaves every strategy at the first seeds
+for seed in $SEEDS; do
+  for s in $STRATEGIES; do
     if [ "$PARALLEL" != 0 ]; then
       while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
     fi

@@ -9,6 +9,9 @@ import torch
 from task_streams import Example, Task
 
 IGNORE = -100
+# the batch keys a model's forward takes (decoder-only: the first three; encoder-decoder: the prompt goes to the
+# encoder, the answer is the decoder's input shifted right behind its start token, and its target)
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "decoder_input_ids", "decoder_attention_mask")
 
 
 @dataclass(frozen=True)
@@ -55,17 +58,25 @@ class Encoder:
     turn, ended by the tokenizer's eos (for chat models the end-of-turn token), for training and evaluation alike.
     """
 
-    def __init__(self, tokenizer, max_prompt_tokens: int = 256, chat: bool = False):
+    def __init__(self, tokenizer, max_prompt_tokens: int = 256, chat: bool = False, decoder_start: int | None = None):
         self.tok = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.chat = chat
+        # an encoder-decoder model's decoder start token (T5: the pad id); None for a decoder-only model
+        self.decoder_start = decoder_start
         self._cache: dict[str, tuple[int, ...]] = {}
         if tokenizer.eos_token_id is None:
             from benchmark.errors import ClbenchError
 
             raise ClbenchError("the tokenizer has no eos token; set one so that answers can end")
         before, after = chat_turn(tokenizer) if chat else ("", "")
-        self.turn = (self.ids(before) if before else (), self.ids(after) if after else ())
+        # an encoder input ends with eos, as T5's tokenizer (and the papers' code) make it
+        after_ids = (self.ids(after) if after else ()) + ((tokenizer.eos_token_id,) if decoder_start is not None else ())
+        self.turn = (self.ids(before) if before else (), after_ids)
+
+    @property
+    def seq2seq(self) -> bool:
+        return self.decoder_start is not None
 
     def ids(self, text: str) -> tuple[int, ...]:
         hit = self._cache.get(text)
@@ -75,8 +86,8 @@ class Encoder:
 
     def answer(self, label: str) -> tuple[int, ...]:
         # plain text: a leading space keeps "Answer: World" a natural continuation; in a chat the assistant turn
-        # starts on its own line, so the label comes bare
-        return self.ids(label if self.chat else " " + label) + (self.tok.eos_token_id,)
+        # starts on its own line, and a decoder starts afresh, so the label comes bare
+        return self.ids(label if self.chat or self.seq2seq else " " + label) + (self.tok.eos_token_id,)
 
     def prompt(self, ex: Example) -> tuple[int, ...]:
         head, tail = self.ids(ex.head), self.ids(ex.tail)
@@ -90,6 +101,12 @@ class Encoder:
 
     def encode_texts(self, texts: list[str], max_tokens: int) -> list[tuple[int, ...]]:
         return [self.ids(t)[:max_tokens] for t in texts]
+
+    def collate(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        return collate_train(items, self.tok.pad_token_id, self.decoder_start)
+
+    def collate_lm(self, seqs: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+        return collate_lm(seqs, self.tok.pad_token_id, self.decoder_start, self.tok.eos_token_id)
 
 
 def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool = True,
@@ -139,23 +156,50 @@ def pad_batch(seqs: list[tuple[int, ...]], pad_id: int, side: str = "right",
     return out
 
 
-def collate_train(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Prompt + answer rows, right-padded; only the answer tokens (label and eos) carry labels."""
+def seq2seq_batch(sources: list[tuple[int, ...]], targets: list[tuple[int, ...]], pad_id: int,
+                  decoder_start: int) -> dict[str, torch.Tensor]:
+    """Encoder-decoder rows, right-padded: the source to the encoder; the decoder reads [start] + target[:-1] and
+    predicts target (labels are aligned with the decoder's positions, no shift)."""
+    enc = pad_batch(sources, pad_id, "right")
+    dec = pad_batch([(decoder_start,) + t[:-1] for t in targets], pad_id, "right")
+    labels = pad_batch(targets, pad_id, "right")["labels"]
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "decoder_input_ids": dec["input_ids"], "decoder_attention_mask": dec["attention_mask"], "labels": labels}
+
+
+def collate_train(items: list[Encoded], pad_id: int, decoder_start: int | None = None) -> dict[str, torch.Tensor]:
+    """Prompt + answer rows, right-padded; only the answer tokens (label and eos) carry labels. With a decoder
+    start token (encoder-decoder models) the prompt is the encoder's input and the answer the decoder's."""
+    if decoder_start is not None:
+        return seq2seq_batch([it.prompt for it in items], [it.answer for it in items], pad_id, decoder_start)
     return pad_batch([it.prompt + it.answer for it in items], pad_id, "right", [len(it.prompt) for it in items])
 
 
-def collate_lm(seqs: list[tuple[int, ...]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Plain language-model batches (general text), right-padded: every real token is a label."""
+def lm_split(seq: tuple[int, ...], eos_id: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """An encoder-decoder model's language-modelling form of a passage: its first half (+ eos) to the encoder,
+    its second half as the decoder's target (continuation)."""
+    cut = len(seq) // 2
+    return seq[:cut] + (eos_id,), seq[cut:]
+
+
+def collate_lm(seqs: list[tuple[int, ...]], pad_id: int, decoder_start: int | None = None,
+               eos_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Plain language-model batches (general text), right-padded: every real token is a label (decoder-only),
+    or the continuation of each passage's first half is (encoder-decoder, see lm_split)."""
+    if decoder_start is not None:
+        pairs = [lm_split(s, eos_id) for s in seqs]
+        return seq2seq_batch([p[0] for p in pairs], [p[1] for p in pairs], pad_id, decoder_start)
     return pad_batch(seqs, pad_id, "right")
 
 
 def concat_batches(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two right-padded batches, padding the narrower one on the right; other keys are concatenated."""
-    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    """Stack two right-padded batches, padding each key's narrower part on the right; other keys are concatenated."""
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE, "decoder_input_ids": pad_id,
+            "decoder_attention_mask": 0}
     out = {}
     for key in a:
         if key in fill:
+            width = max(a[key].shape[1], b[key].shape[1])
             parts = [torch.nn.functional.pad(x[key], (0, width - x[key].shape[1]), value=fill[key]) for x in (a, b)]
         else:
             parts = [a[key], b[key]]

@@ -8,6 +8,9 @@ Sharing the prompt: one forward of the prompt with every label packed after it (
 scores, the logits that start generation and, cropped to the prompt, the KV cache that generation continues from.
 Models whose attention kernel takes no custom mask (flash attention) score labels from a repeated prompt cache
 and generate from a second prompt forward.
+
+Encoder-decoder models (T5): the encoder reads each prompt once; the labels are scored by one decoder pass over
+every (prompt, label) pair on the shared encoder states, and greedy decoding runs the decoder with its cache.
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.data import Encoded, length_bucketed_batches, pad_batch
+from benchmark.data import Encoded, collate_lm, length_bucketed_batches, pad_batch
 from benchmark.errors import ClbenchError
+from benchmark.model import decoder_start, lm_logits_targets
 
 MODES = ("both", "generate", "loglik")
 PAPERS_MAX_NEW_TOKENS = 50
@@ -295,11 +299,83 @@ def _margins(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return top.indices[:, 0], top.values[:, 0] - top.values[:, 1]
 
 
+def _encode_prompts(model, prompts, pad_id: int, device):
+    b = pad_batch(prompts, pad_id, "right")  # relative positions: the encoder needs no left padding
+    ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True), mask
+
+
+def _seq2seq_label_scores(model, enc, mask, answers, start: int, pad_id: int, normalize: bool) -> torch.Tensor:
+    """[B, n_labels]: every label decoded (teacher-forced) after every prompt, on the prompts' encoder states."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    B, n_lab, device = mask.shape[0], len(answers), mask.device
+    dec = pad_batch([(start,) + a[:-1] for a in answers], pad_id, "right")
+    target = pad_batch(list(answers), pad_id, "right")
+    dec_ids, dec_mask = dec["input_ids"].to(device), dec["attention_mask"].to(device)
+    tgt, valid = target["input_ids"].to(device), target["attention_mask"].to(device)
+    states = enc.last_hidden_state.repeat_interleave(n_lab, 0)  # row b*n_lab + l: label l after prompt b
+    logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=states),
+                   attention_mask=mask.repeat_interleave(n_lab, 0), decoder_input_ids=dec_ids.repeat(B, 1),
+                   decoder_attention_mask=dec_mask.repeat(B, 1), use_cache=False).logits
+    lp = _token_logp(logits, tgt.repeat(B, 1)).view(B, n_lab, -1) * valid[None]
+    summed = lp.sum(-1)
+    return summed / valid.sum(-1)[None] if normalize else summed
+
+
+def _greedy_seq2seq(model, enc, mask, start: int, max_new_tokens: int, eos_id: int, pad_id: int):
+    """Greedy decoding from the start token on fixed encoder states, with the decoder's cache; as _greedy."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    B, device = mask.shape[0], mask.device
+    out = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cur = torch.full((B, 1), start, dtype=torch.long, device=device)
+    enc_out, cache = BaseModelOutput(last_hidden_state=enc.last_hidden_state), None
+    for t in range(max_new_tokens):
+        kw = {_cache_kw(model): cache} if cache is not None else {}
+        step = model(encoder_outputs=enc_out, attention_mask=mask, decoder_input_ids=cur, use_cache=True, **kw)
+        cache = _cache_of(step)
+        next_tok = step.logits[:, -1].argmax(-1)
+        out[:, t] = torch.where(done, torch.full_like(next_tok, pad_id), next_tok)
+        done |= next_tok == eos_id
+        if bool(done.all()):
+            break
+        cur = next_tok[:, None]
+    return out, done
+
+
+def _score_seq2seq(model, examples, answers, pad_id, eos_id, cfg: "EvalConfig", device, decode, progress,
+                   start: int) -> list["Scored"]:
+    results = [Scored(i) for i in range(len(examples))]
+    batches = length_bucketed_batches([len(e.prompt) for e in examples], cfg.batch_size, seed=0, shuffle=False,
+                                      window=10**9)
+    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+        enc, mask = _encode_prompts(model, [examples[i].prompt for i in batch], pad_id, device)
+        if cfg.ranks_labels:
+            choice, margin = _margins(_seq2seq_label_scores(model, enc, mask, answers, start, pad_id,
+                                                            cfg.normalize).float().cpu())
+            for row, i in enumerate(batch):
+                results[i].choice, results[i].margin = int(choice[row]), float(margin[row])
+        if cfg.generates:
+            tokens, ended = _greedy_seq2seq(model, enc, mask, start, cfg.max_new_tokens, eos_id, pad_id)
+            for row, i in enumerate(batch):
+                new = tokens[row].tolist()
+                n = new.index(eos_id) if eos_id in new else len(new)
+                r = results[i]
+                r.generation, r.gen_tokens, r.hit_limit = decode(new[:n]), n, not bool(ended[row])
+    return results
+
+
 @torch.inference_mode()
 def score_examples(model, examples: list[Encoded], answers: list[tuple[int, ...]], pad_id: int, eos_id: int,
                    cfg: EvalConfig, device, decode, progress: str | None = None) -> list[Scored]:
     """Every example scored as cfg.mode asks, sharing the prompt's forward between both scores where the
     attention kernel takes a custom mask (see the module docstring)."""
+    start = decoder_start(model)
+    if start is not None:
+        return _score_seq2seq(model, examples, answers, pad_id, eos_id, cfg, device, decode, progress, start)
     results = [Scored(i) for i in range(len(examples))]
     packed = cfg.ranks_labels and _takes_custom_mask(model)
     pack = LabelPack(answers, device) if packed else None
@@ -360,11 +436,23 @@ def accuracy(model, examples: list[Encoded], labels: list[str], encoder, cfg: Ev
 
 
 @torch.inference_mode()
-def nll_sum(model, seqs: list[tuple[int, ...]], pad_id: int, batch_size: int, device) -> tuple[float, int]:
-    """Summed next-token NLL and the number of predicted tokens: perplexity = exp(sum / count)."""
+def nll_sum(model, seqs: list[tuple[int, ...]], pad_id: int, batch_size: int, device,
+            eos_id: int | None = None) -> tuple[float, int]:
+    """Summed next-token NLL and the number of predicted tokens: perplexity = exp(sum / count). An encoder-decoder
+    model predicts each passage's second half from its first (data.lm_split): its perplexity is a continuation's."""
+    start_id = decoder_start(model)
     total, count = 0.0, 0
     for start in range(0, len(seqs), batch_size):
         chunk = seqs[start : start + batch_size]
+        if start_id is not None:
+            b = {k: v.to(device) for k, v in collate_lm(chunk, pad_id, start_id, eos_id).items()}
+            logits, target = lm_logits_targets(model(**{k: v for k, v in b.items() if k != "labels"}), b)
+            nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, reduction="none",
+                                                    ignore_index=-100)
+            valid = target != -100
+            total += float(nll[valid].sum())
+            count += int(valid.sum())
+            continue
         ids, mask, pos = _left_pad(chunk, pad_id, device)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, :-1].float()
         target = ids[:, 1:]

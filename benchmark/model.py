@@ -1,4 +1,5 @@
-"""Model and tokenizer loading: any Hugging Face causal LM, the built-in SmolLM2 default, and a tiny test model."""
+"""Model and tokenizer loading: any Hugging Face causal or encoder-decoder (T5) LM, the built-in SmolLM2 default,
+and tiny test models built in code."""
 from __future__ import annotations
 
 import contextlib
@@ -13,18 +14,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from benchmark.errors import ClbenchError
 
 SMOLLM2 = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = "tiny-llama"
+TINY_T5 = "tiny-t5"
 
 
 @dataclass
 class ModelConfig:
-    name: str = SMOLLM2  # "smollm2-135m", "tiny-llama", a hub name or a local folder
+    name: str = SMOLLM2  # "smollm2-135m", "tiny-llama", "tiny-t5", a hub name or a local folder
     dtype: str = "float32"  # float32 | bfloat16 | float16
     trust_remote_code: bool = False
     cache_dir: str | None = None  # where the SmolLM2 safetensors conversion is kept
@@ -133,6 +135,43 @@ def tiny_model(overrides: dict | None = None, seed: int = 0):
     return model, tok
 
 
+def tiny_t5(overrides: dict | None = None, seed: int = 0):
+    """A randomly initialised T5 (2 encoder + 2 decoder layers, untied head) with the byte-level tokenizer:
+    the encoder-decoder path in fast unit tests."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = byte_tokenizer()
+    cfg = dict(vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+               relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="relu",
+               tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+               decoder_start_token_id=tok.pad_token_id)
+    cfg.update(overrides or {})
+    with isolated_rng():
+        torch.default_generator.manual_seed(seed)
+        model = T5ForConditionalGeneration(T5Config(**cfg))
+    return model, tok
+
+
+TINY_BUILDERS = {TINY: (tiny_model, "tiny-llama (random init, built in code)"),
+                 TINY_T5: (tiny_t5, "tiny-t5 (random init, built in code)")}
+
+
+def is_seq2seq(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return bool(getattr(getattr(base, "config", None), "is_encoder_decoder", False))
+
+
+def decoder_start(model) -> int | None:
+    """The decoder start token of an encoder-decoder model (T5: pad), None for a decoder-only one."""
+    if not is_seq2seq(model):
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    start = base.config.decoder_start_token_id
+    if start is None:
+        raise ClbenchError(f"encoder-decoder model {type(base).__name__} has no decoder_start_token_id in its config")
+    return int(start)
+
+
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -147,12 +186,14 @@ def _weight_files(path: str) -> str:
 def _load_pretrained(cfg: ModelConfig, path: str):
     kw = dict(trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     try:
-        AutoConfig.from_pretrained(path, **kw)
+        config = AutoConfig.from_pretrained(path, **kw)
     except (OSError, ValueError) as e:
         raise ClbenchError(f"model {cfg.name!r} could not be found or read ({_first_line(e)})") from None
     tok = _fix_tokenizer(AutoTokenizer.from_pretrained(path, **kw))
+    # encoder-decoder models (T5, the papers' backbone) by their config, every other one as a causal LM
+    auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg.dtype), **kw)
+        model = auto.from_pretrained(path, dtype=_dtype(cfg.dtype), **kw)
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # unreadable, truncated or mis-shaped
         raise ClbenchError(f"model {cfg.name!r}: weights {_weight_files(path)} could not be read ({_first_line(e)})") from None
     return model, tok
@@ -163,15 +204,16 @@ def load_model(cfg: ModelConfig, seed: int = 0):
     random state is the same afterwards as before, whichever path is taken (see isolated_rng)."""
     t0 = time.perf_counter()
     with isolated_rng():
-        if cfg.name == TINY:
-            model, tok = tiny_model(cfg.tiny, seed)
-            source = "tiny-llama (random init, built in code)"
+        if cfg.name in TINY_BUILDERS:
+            build, source = TINY_BUILDERS[cfg.name]
+            model, tok = build(cfg.tiny, seed)
         else:
             source = str(smollm2_folder(cfg)) if cfg.name == SMOLLM2 else cfg.name
             model, tok = _load_pretrained(cfg, source)
         model = model.to(_dtype(cfg.dtype))
     info = {"name": cfg.name, "source": source, "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": "encoder-decoder" if is_seq2seq(model) else "decoder-only"}
     return model, tok, info
 
 
@@ -211,3 +253,27 @@ def enable_activation_checkpointing(model) -> None:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def hidden_states(out, batch: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's hidden states, each with the mask of its real tokens: a decoder-only model's L+1 states, an
+    encoder-decoder model's encoder L+1 states (prompt mask) then its decoder L+1 states (answer mask)."""
+    states = getattr(out, "hidden_states", None)
+    if states is not None:
+        return [(h, batch["attention_mask"]) for h in states]
+    return ([(h, batch["attention_mask"]) for h in out.encoder_hidden_states]
+            + [(h, batch["decoder_attention_mask"]) for h in out.decoder_hidden_states])
+
+
+def final_hidden(out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's states (after the final norm), where the output head reads, with their token mask."""
+    return hidden_states(out, batch)[-1]
+
+
+def lm_logits_targets(out, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and the tokens they predict: a decoder-only model's position p predicts token p + 1; an
+    encoder-decoder model's decoder position p predicts labels[p] (the decoder input is already shifted)."""
+    labels = batch["labels"].to(out.logits.device)
+    if "decoder_input_ids" in batch:
+        return out.logits, labels
+    return out.logits[:, :-1], labels[:, 1:]

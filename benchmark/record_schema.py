@@ -73,6 +73,8 @@ class Model(TypedDict):
     load_s: float
     parameters: int
     chat_template: bool  # what data.chat_template resolved to for this tokenizer
+    architecture: NotRequired[Literal["decoder-only", "encoder-decoder"]]  # absent in records made before T5
+    lora_targets: NotRequired[list[str]]  # the modules LoRA adapted (what target_modules [auto] resolved to)
 
 
 class MatrixBlock(TypedDict):

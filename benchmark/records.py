@@ -62,6 +62,24 @@ def recorded_task_versions(record: dict[str, Any]) -> dict[str, int]:
     return {t: int(s.get("version", FIRST_TASK_VERSION)) for t, s in splits.items() if isinstance(s, dict)}
 
 
+# LoRA's target default was [q_proj, v_proj] when records were first published; it is now [auto], which tries
+# q_proj/v_proj first. On every model where [q_proj, v_proj] can run, [auto] picks exactly those, and on a model
+# without them [q_proj, v_proj] cannot run at all: identifying [auto] as [q_proj, v_proj] keeps every hash and
+# never joins different runs.
+EARLIER_TARGETS = ["q_proj", "v_proj"]
+
+
+def _same_targets_as_before(node: Any) -> None:
+    if isinstance(node, dict):
+        if node.get("target_modules") == ["auto"]:
+            node["target_modules"] = list(EARLIER_TARGETS)
+        for v in node.values():
+            _same_targets_as_before(v)
+    elif isinstance(node, list):
+        for v in node:
+            _same_targets_as_before(v)
+
+
 def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None = None) -> dict[str, Any]:
     """The part of a run's config that identifies its results (a copy), with the versions of its stream's tasks
     that are not 1 (`task_versions`: the versions to use, e.g. recorded_task_versions of a stored record;
@@ -73,6 +91,7 @@ def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
             del node[path[-1]]
+    _same_targets_as_before(cleaned.get("strategy"))
     versions = stream_task_versions(config) if task_versions is None else task_versions
     changed = {t: v for t, v in sorted(versions.items()) if v != FIRST_TASK_VERSION}
     if changed:

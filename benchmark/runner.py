@@ -26,9 +26,9 @@ from benchmark.checkpoint import Checkpointer
 from benchmark.errors import PROGRESS, ClbenchError
 from benchmark.lock import RunLock
 from benchmark.config import RunConfig
-from benchmark.data import IGNORE, Encoded, Encoder, collate_train, length_bucketed_batches, use_chat_template
+from benchmark.data import IGNORE, MODEL_INPUTS, Encoded, Encoder, length_bucketed_batches, use_chat_template
 from benchmark.metrics import all_metrics, general_retention
-from benchmark.model import enable_activation_checkpointing, load_model
+from benchmark.model import decoder_start, enable_activation_checkpointing, load_model
 from strategies.base import build as build_strategy
 from task_streams import DataConfig, Stream, Task, load_stream
 
@@ -63,7 +63,7 @@ class RunContext:
 
     def forward(self, batch: dict[str, torch.Tensor], model=None, **kw):
         """Forward a batch (on any device) through the training model (or `model`)."""
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        batch = {k: v.to(self.device) for k, v in batch.items() if k in MODEL_INPUTS}
         return (model or self.train_model or self.model)(**batch, **kw)
 
 
@@ -80,7 +80,14 @@ def _forward_takes(cls: type, name: str) -> bool:
 
 def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
     """Mean cross-entropy over answer tokens only, projecting onto the vocabulary only the positions that
-    predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short)."""
+    predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short). An
+    encoder-decoder model's decoder reads the answer only, so all of its positions are projected."""
+    if "decoder_input_ids" in batch:
+        out = ctx.forward(batch, output_hidden_states=need_hidden)
+        labels = batch["labels"].to(ctx.device)
+        ce = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), labels.reshape(-1),
+                                               ignore_index=IGNORE)
+        return ce, out
     # the answer span is found on the host copy of the labels: on an accelerator these int() calls would
     # otherwise wait for the device at every step
     is_answer = batch["labels"].cpu() != IGNORE
@@ -163,7 +170,7 @@ def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, An
         # batches first (the strategy may append replayed rows), so the window's answer tokens are known
         prepared = []
         for i in window:
-            batch = collate_train(batches[i], ctx.tokenizer.pad_token_id)
+            batch = ctx.encoder.collate(batches[i])
             prepared.append((batches[i], strategy.train_batch(ctx, batch, batches[i])))
         counts = [int((b["labels"] != IGNORE).sum()) for _, b in prepared]
         window_tokens = _reduce_sum(acc, [float(sum(counts))])[0]
@@ -273,7 +280,8 @@ def general_ppl(ctx: RunContext, strategy, seqs) -> float | None:
     ctx.model.eval()
     with strategy.eval_model(ctx), ctx.accelerator.autocast():
         mine = seqs[ctx.accelerator.process_index :: ctx.accelerator.num_processes]
-        total, count = evaluation.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device)
+        total, count = evaluation.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device,
+                                          ctx.tokenizer.eos_token_id)
     ctx.model.train()
     total, count = _reduce_sum(ctx.accelerator, [total, count])
     ppl = evaluation.perplexity(total, int(count))
@@ -367,7 +375,7 @@ def build_context(cfg: RunConfig, strategy=None) -> tuple[RunContext, Any, dict]
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     model_info["chat_template"] = chat  # what auto resolved to, for the record and the leaderboard
-    encoder = Encoder(tok, tcfg.max_prompt_tokens, chat=chat)
+    encoder = Encoder(tok, tcfg.max_prompt_tokens, chat=chat, decoder_start=decoder_start(model))
     ctx = RunContext(cfg, model, tok, encoder, acc, stream, cfg.seed, model_info=model_info)
     ctx.model = strategy.prepare_model(model, ctx).to(acc.device)
     if tcfg.gradient_checkpointing:
@@ -473,6 +481,10 @@ def _run_unlocked(cfg: RunConfig, strategy, t_start: float) -> Path | None:
     scores = {m: {"values": R_m, "metrics": {**all_metrics(R_m), **retention}} for m, R_m in state["matrices"].items()}
     R, metrics = scores[primary_mode(cfg)]["values"], scores[primary_mode(cfg)]["metrics"]
     n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
+    # what `target_modules: [auto]` resolved to on this model (adapters may be added per stage: read at the end)
+    targets = {t for c in getattr(ctx.model, "peft_config", {}).values() for t in (c.target_modules or ())}
+    if targets:
+        model_info["lora_targets"] = sorted(targets)
     rec_path = None
     if acc.is_main_process:
         runs_dir = Path(cfg.results_dir) / "runs"

@@ -51,12 +51,14 @@ class Strategy(Protocol):
 
 @dataclass
 class LoraSettings:
-    """PEFT LoRA settings shared by the LoRA-based strategies (defaults: O-LoRA/MIGU code, LLaMA targets)."""
+    """PEFT LoRA settings shared by the LoRA-based strategies (defaults: O-LoRA/MIGU code; targets: query and
+    value, LLaMA's q_proj/v_proj and T5's q/v alike)."""
 
     r: int = 8
     alpha: int = 32
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # auto: the attention query/value projections under the model's own names (strategies/lora.py)
+    target_modules: list[str] = field(default_factory=lambda: ["auto"])
 
 
 class Hooks:

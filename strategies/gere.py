@@ -34,7 +34,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import IGNORE, collate_lm
+from benchmark.data import IGNORE
+from benchmark.model import final_hidden, is_seq2seq, lm_logits_targets
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.checks import check_adapter, check_choice, check_lora, check_range
 from strategies.lora import apply_adapter
@@ -116,10 +117,15 @@ class GeRe(Hooks):
     def prepare_model(self, model, ctx):
         from task_streams import general
 
+        if self.cfg.loss == "kl" and is_seq2seq(model):
+            # the stored states times the head are not the logits when the model rescales before its head (tied T5)
+            raise StrategyConfigError("strategy gere.loss=kl needs a decoder-only model; use tm, ce, l1 or l2 with "
+                                      f"the encoder-decoder model {type(model).__name__}")
         texts = general.passages("replay", self.cfg.n_samples)
         self.seqs = ctx.encoder.encode_texts(texts, self.cfg.max_tokens)
-        # collated once: replay batches are row slices, aligned with the stored reference states
-        self.batch = collate_lm(self.seqs, ctx.tokenizer.pad_token_id)
+        # collated once: replay batches are row slices, aligned with the stored reference states (an
+        # encoder-decoder model continues each passage's first half: data.lm_split)
+        self.batch = ctx.encoder.collate_lm(self.seqs)
         self.rng = random.Random(f"{ctx.seed}/{ctx.accelerator.process_index}")  # distinct draws per process
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 
@@ -133,9 +139,11 @@ class GeRe(Hooks):
         for i in range(0, len(self.seqs), 16):
             sub = {k: v[i : i + 16] for k, v in batch.items()}
             with ctx.accelerator.autocast():  # the precision training runs in, so that L_TM is 0 at step 0
-                hs.append(ctx.forward(sub, model=ctx.model, output_hidden_states=True).hidden_states[-1].float().cpu())
+                out = ctx.forward(sub, model=ctx.model, output_hidden_states=True)
+                hs.append(final_hidden(out, sub)[0].float().cpu())
         ctx.model.train(was)
-        h, mask = torch.cat(hs), batch["attention_mask"]
+        # the mask of the states the head reads: an encoder-decoder model's decoder
+        h, mask = torch.cat(hs), batch.get("decoder_attention_mask", batch["attention_mask"])
         pos, neg = thresholds(h, mask, self.cfg.sigma)
         self.ref = {"h": h, "mask": mask, "labels": margin_labels(h, pos, neg), "pos": pos, "neg": neg,
                     "lm_head": ctx.model.get_output_embeddings().weight.detach().float().cpu().clone()}
@@ -152,15 +160,14 @@ class GeRe(Hooks):
         idx, gb = self._general_batch()
         out = ctx.forward(gb, output_hidden_states=True)
         dev = out.logits.device
-        labels = gb["labels"].to(dev)
-        logits = out.logits[:, :-1].float()
-        gen_ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE)
+        logits, target = lm_logits_targets(out, gb)
+        gen_ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)
         ctx.log("gere_general_ce", gen_ce)
         p = general_share(batch["input_ids"].shape[0], len(idx))
         if self.cfg.loss == "ce":
             return gere_objective(loss, ctx.task_ce, gen_ce, None, p, 0.0)
-        h = out.hidden_states[-1].float()
-        mask = gb["attention_mask"].to(dev)
+        h, mask = final_hidden(out, gb)
+        h, mask = h.float(), mask.to(dev)
         ref_h = self.ref["h"][idx].to(dev)
         if self.cfg.loss == "tm":
             term = tm_loss(h, self.ref["labels"][idx].to(dev), self.ref["pos"].to(dev), self.ref["neg"].to(dev), mask)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from benchmark.data import MODEL_INPUTS
+from benchmark.model import hidden_states
 from strategies.base import Hooks, LoraSettings, register
 from strategies.buffer import BufferConfig, ReplayBuffer
 from strategies.checks import check_choice, check_lora, check_nested, check_range
@@ -57,14 +59,15 @@ def ema_update(slow: dict[str, torch.Tensor], fast: dict[str, torch.Tensor], lam
             s.mul_(lam).add_(fast[k].detach(), alpha=1.0 - lam)
 
 
-def consistency_loss(fast_h: list[torch.Tensor], slow_h: list[torch.Tensor], mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean over layers of the masked mean squared difference between fast and (target) slow hidden states."""
-    m = mask[..., None].to(fast_h[0].dtype)
-    denom = m.sum() * fast_h[0].shape[-1]
+def consistency_loss(fast_h: list[torch.Tensor], slow_h: list[torch.Tensor], mask, kind: str) -> torch.Tensor:
+    """Mean over layers of the masked mean squared difference between fast and (target) slow hidden states.
+    `mask`: the real tokens, one tensor for all layers or one per layer (an encoder-decoder's two stacks)."""
+    masks = mask if isinstance(mask, (list, tuple)) else [mask] * len(fast_h)
     total = fast_h[0].new_zeros(())
-    for f, s in zip(fast_h, slow_h):
+    for f, s, mk in zip(fast_h, slow_h, masks):
+        m = mk[..., None].to(f.dtype)
         target = torch.maximum(f.detach(), s) if kind == "one_sided" else s
-        total = total + (((f - target) ** 2) * m).sum() / denom.clamp(min=1)
+        total = total + (((f - target) ** 2) * m).sum() / (m.sum() * f.shape[-1]).clamp(min=1)
     return total / len(fast_h)
 
 
@@ -97,12 +100,12 @@ class ILoRA(Hooks):
         rep = batch.get("is_replay")
         if rep is None or not bool(rep.any()):
             return loss
-        sub = {k: v[rep] for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        sub = {k: v[rep] for k, v in batch.items() if k in MODEL_INPUTS}
         with torch.no_grad(), self._use(ctx, SLOW):
-            slow_h = ctx.forward(sub, model=ctx.model, output_hidden_states=True).hidden_states
+            slow = hidden_states(ctx.forward(sub, model=ctx.model, output_hidden_states=True), sub)
         idx = rep.nonzero().squeeze(-1).to(ctx.device)
-        fast_h = [h[idx] for h in outputs.hidden_states]
-        cons = consistency_loss(fast_h, list(slow_h), sub["attention_mask"].to(ctx.device), self.cfg.consistency)
+        fast_h = [h[idx] for h, _ in hidden_states(outputs, batch)]
+        cons = consistency_loss(fast_h, [h for h, _ in slow], [m.to(ctx.device) for _, m in slow], self.cfg.consistency)
         ctx.log("ilora_consistency", cons)
         return loss + self.cfg.gamma * cons
 

@@ -43,22 +43,24 @@ def resolve_targets(model, targets: list[str]) -> list[str]:
     return list(targets)
 
 
-def lora_config(s: LoraSettings, targets: list[str] | None = None) -> LoraConfig:
+def lora_config(s: LoraSettings, targets: list[str] | None = None, seq2seq: bool = False) -> LoraConfig:
     # the last guard for a config that does not check its LoRA settings itself: after the model loaded, but
     # before any adapter exists
     check_lora(s, "lora")
     return LoraConfig(r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout,
-                      target_modules=list(targets or s.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=list(targets or s.target_modules), bias="none",
+                      task_type="SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
 
 
 def add_lora(model, settings: LoraSettings, adapter: str):
     """Wrap a plain model (or add an adapter to a PeftModel); only this adapter's weights train."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     targets = resolve_targets(base, list(settings.target_modules))
+    config = lora_config(settings, targets, seq2seq=bool(getattr(base.config, "is_encoder_decoder", False)))
     if isinstance(model, PeftModel):
-        model.add_adapter(adapter, lora_config(settings, targets))
+        model.add_adapter(adapter, config)
     else:
-        model = get_peft_model(model, lora_config(settings, targets), adapter_name=adapter)
+        model = get_peft_model(model, config, adapter_name=adapter)
     return model
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.model import replaying_checkpointed_forward
+from benchmark.model import is_seq2seq, replaying_checkpointed_forward
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.checks import check_lora
 from strategies.lora import apply_adapter, lora_layers
@@ -61,7 +61,7 @@ class _Tracked:
         if not (self.owner.collecting and torch.is_grad_enabled()) or replaying_checkpointed_forward():
             return
         out = output[0] if isinstance(output, tuple) else output
-        mask = self.owner.token_mask
+        mask = self.owner.mask_for(inputs)
         # sums and counts stay on the device: an int() here would wait for the accelerator in every layer
         with torch.no_grad():
             a = out.detach().abs().float()
@@ -90,19 +90,33 @@ class MIGU(Hooks):
         self.stats: dict[str, float] = {}
         self._masked: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.token_mask: torch.Tensor | None = None  # attention mask of the batch being forwarded: pads are not ranked
-        self._mask_hook = None
+        # while an encoder-decoder's decoder runs: the encoder states its cross-attention reads, and their mask
+        self.cross: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._mask_hooks: list = []
 
     def _capture_mask(self, module, args, kwargs) -> None:
         self.token_mask = kwargs.get("attention_mask")
+        self.cross = (kwargs.get("encoder_hidden_states"), kwargs.get("encoder_attention_mask"))
+
+    def mask_for(self, inputs) -> torch.Tensor | None:
+        """The real-token mask of a tracked module's input: the running stack's own mask, except for the
+        cross-attention projections that read the encoder's states (the very tensor the decoder was given)."""
+        states, mask = self.cross
+        x = inputs[0] if inputs else None
+        if states is not None and torch.is_tensor(x) and x.shape == states.shape and x.data_ptr() == states.data_ptr():
+            return mask
+        return self.token_mask
 
     def _watch_mask(self, model) -> None:
-        """A forward pre-hook on the decoder stack (called with keyword arguments by every causal-LM head, and not
-        checkpointed) notes each batch's attention mask before the layers whose outputs MIGU ranks."""
-        if self._mask_hook is not None:
-            self._mask_hook.remove()
+        """Forward pre-hooks on the decoder stack (and an encoder-decoder's encoder stack), called with keyword
+        arguments by every LM head and not checkpointed, note each batch's attention mask before the layers whose
+        outputs MIGU ranks (each stack runs whole before the next)."""
+        for h in self._mask_hooks:
+            h.remove()
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        stack = base.get_decoder() if hasattr(base, "get_decoder") else base
-        self._mask_hook = stack.register_forward_pre_hook(self._capture_mask, with_kwargs=True)
+        stacks = [base.get_encoder()] if is_seq2seq(base) else []
+        stacks.append(base.get_decoder() if hasattr(base, "get_decoder") else base)
+        self._mask_hooks = [st.register_forward_pre_hook(self._capture_mask, with_kwargs=True) for st in stacks]
 
     def refuse(self, engine, mixed_precision):
         if engine == "deepspeed":

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.data import collate_train, concat_batches
+from benchmark.data import concat_batches
 from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
 from strategies.buffer import BufferConfig, ReplayBuffer
 from strategies.checks import check_adapter, check_choice, check_lora, check_nested, check_range
@@ -69,7 +69,7 @@ def mix(ctx, batch, buffer: ReplayBuffer, ratio: float):
     k = replay_count(ratio, n_cur, buffer.draw_rng.random())
     if k == 0:
         return batch
-    rep = collate_train(buffer.sample(k), ctx.tokenizer.pad_token_id)
+    rep = ctx.encoder.collate(buffer.sample(k))
     rep["is_replay"] = torch.ones(rep["input_ids"].shape[0], dtype=torch.bool)
     return concat_batches(batch, rep, ctx.tokenizer.pad_token_id)
 

@@ -113,7 +113,7 @@ def test_the_check_flags_a_restated_default():
     # the YAMLs as they were before issue #13: each of these restated a default
     assert restated({"device": "cpu", "batch_size": 8, "gradient_checkpointing": False}, TrainerConfig(), "t") == [
         "t.batch_size", "t.gradient_checkpointing"]
-    lora = {"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    lora = {"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["auto"]}
     assert _check_strategy_node({"name": "seq_lora", "lora": lora}, "s") == ["s.lora.r", "s.lora.alpha", "s.lora.dropout",
                                                                                "s.lora.target_modules"]
     assert _check_strategy_node({"name": "replay", "buffer": {"policy": "fraction"}, "modee": "mix"}, "s") == [

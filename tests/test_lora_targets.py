@@ -30,7 +30,7 @@ def test_auto_picks_each_architectures_query_and_value_projections(make, expecte
 def test_named_targets_the_model_lacks_fail_naming_the_model_type_and_the_fix():
     with pytest.raises(StrategyConfigError, match=r"\['q_proj', 'v_proj'\] match no module of model type 'gpt2' "
                                                   r"\(its query/value projections are \['c_attn'\]"):
-        add_lora(_gpt2(), LoraSettings(), "default")
+        add_lora(_gpt2(), LoraSettings(target_modules=["q_proj", "v_proj"]), "default")
     with pytest.raises(StrategyConfigError, match=r"^strategy lora.target_modules \['nope'\] match no module of "
                                                   r"model type 'llama' \(its query/value projections are"):
         resolve_targets(tiny_model()[0], ["k_proj", "nope"])  # only the missing name is named
