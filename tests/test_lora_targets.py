@@ -46,3 +46,19 @@ def test_auto_is_an_accepted_value_and_an_override_wins():
     assert build({"name": "seq_lora", "lora": {"target_modules": ["auto"]}}).cfg.lora.target_modules == ["auto"]
     model = tiny_model()[0]
     assert resolve_targets(model, ["k_proj"]) == ["k_proj"]
+
+
+def test_auto_targets_keep_the_config_hash_of_the_earlier_default():
+    """[auto] became the default after records with [q_proj, v_proj] were published; it picks exactly those wherever
+    they exist, so the two are one identity, while other target lists stay distinct (composed parts included)."""
+    from benchmark.records import config_hash
+
+    def cfg(targets, composed=False):
+        part = {"name": "olora", "lora": {"r": 8, "target_modules": targets}}
+        strategy = {"name": "compose", "parts": [part, {"name": "migu", "adapter": "none"}]} if composed else part
+        return {"model": {"name": "smollm2-135m"}, "strategy": strategy, "seed": 1}
+
+    for composed in (False, True):
+        assert config_hash(cfg(["auto"], composed)) == config_hash(cfg(["q_proj", "v_proj"], composed))
+        assert config_hash(cfg(["auto"], composed)) != config_hash(cfg(["q", "v"], composed))
+        assert config_hash(cfg(["auto"], composed)) != config_hash(cfg(["q_proj"], composed))
