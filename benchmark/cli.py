@@ -128,6 +128,8 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
                     help="strategy every row is compared with, paired over seeds (default %(default)s)")
     ap.add_argument("--mode", default=leaderboard.DEFAULT_MODE, choices=leaderboard.MODES,
                     help="which scores the Markdown and CSV tables show (default %(default)s; the HTML page shows both)")
+    ap.add_argument("--claims", default=None,
+                    help="published claims to judge (benchmark/claims.py; default: claims.yaml beside RUNS, if any)")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     if not runs.is_dir():
@@ -137,7 +139,7 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         out = leaderboard.regenerate(runs, Path(args.out) if args.out else runs.parent, baseline=args.baseline,
-                                     mode=args.mode)
+                                     mode=args.mode, claims=Path(args.claims) if args.claims else None)
     except ClbenchError as e:
         if os.environ.get("CLBENCH_DEBUG"):
             raise

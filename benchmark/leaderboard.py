@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmark import claims as claims_mod
 from benchmark import predictions, stats
 from benchmark.errors import ClbenchError
 from benchmark.metrics import all_metrics
@@ -460,6 +461,8 @@ def markdown(board: dict[str, Any]) -> str:
     head = _headers(board["baseline"])
     out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     out += ["| " + " | ".join(_md_cell(c) for c in _md_row(r)) + " |" for r in board["rows"]]
+    if board.get("claims"):
+        out += [""] + claims_mod.markdown_lines(board["claims"])
     if board["duplicates"]:
         out += ["", "## Duplicates ignored", ""] + [f"- {d}" for d in _duplicate_lines(board["duplicates"])]
     if board["problems"]:
@@ -688,6 +691,12 @@ def html_page(board: dict[str, Any], other: dict[str, Any] | None = None) -> str
            "<h1>clbench leaderboard</h1>", "<ul>" + "".join(f"<li>{esc(line)}</li>" for line in _explanation(board["baseline"]))
            + "<li>Click a column to sort.</li></ul>", f"<h2>{esc(_mode_title(board))}</h2>"]
     out += _html_table("board", board)
+    if board.get("claims"):
+        out += ["<h2>Claims</h2>", "<table><tr><th>claim</th><th>paper</th><th>clbench</th><th>verdict</th></tr>"]
+        out += ["<tr>" + "".join(f'<td class="t">{esc(x)}</td>' for x in (
+            j["claim"], j["paper"], j["clbench"], f"{j['verdict']}: {j['reason']}" + (
+                f". {j['why']}" if j["why"] and j["verdict"] != "holds" else ""))) + "</tr>" for j in board["claims"]]
+        out.append("</table>")
     if other is not None and other["rows"]:
         out += [f"<h2>{esc(_mode_title(other))}</h2>"] + _html_table("board-" + other["mode"], other)
     out.append("<h2>Runs</h2>")
@@ -727,10 +736,10 @@ def _records_href(runs_dir: Path, out_dir: Path) -> str:
 
 
 def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE, mode: str = DEFAULT_MODE,
-                fallback: bool = True) -> dict[str, Any]:
+                fallback: bool = True, claims: list[dict] | None = None) -> dict[str, Any]:
     """Everything the three pages show, as plain data: rows (scored in `mode`), problems, duplicates, baseline,
-    source. With `fallback`, a folder whose records hold no score of `mode` is shown in the other mode, and the
-    board says so."""
+    source, and the verdicts on `claims` (benchmark/claims.py). With `fallback`, a folder whose records hold no
+    score of `mode` is shown in the other mode, and the board says so."""
     if mode not in MODES:
         raise LeaderboardError(f"mode must be one of {'|'.join(MODES)}, got {mode!r}")
     short = lambda text: text.replace(str(runs_dir.parent) + os.sep, "")  # noqa: E731
@@ -745,7 +754,7 @@ def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE,
     rows = group_runs(kept)
     compare_with_baseline(rows, baseline)
     return {"rows": rows, "problems": [short(p) for p in problems], "baseline": baseline, "n_records": len(kept),
-            "mode": mode, "mode_note": note,
+            "mode": mode, "mode_note": note, "claims": claims_mod.judge(claims, rows) if claims else [],
             "duplicates": [(short(str(d)), short(str(k))) for d, k in dups],
             "source": runs_dir.name if runs_dir.parent == out_dir else str(runs_dir),
             "records_href": _records_href(runs_dir, out_dir)}
@@ -772,18 +781,22 @@ def _row_line(board: dict, out_dir: Path, highlight: Path) -> str | None:
 
 
 def regenerate(runs_dir: Path, out_dir: Path, highlight: Path | None = None,
-               baseline: str = DEFAULT_BASELINE, mode: str = DEFAULT_MODE) -> dict[str, Any]:
+               baseline: str = DEFAULT_BASELINE, mode: str = DEFAULT_MODE, claims: Path | None = None) -> dict[str, Any]:
     """Rewrite the three leaderboard files; `highlight` (a record path) picks the row echoed in `row_line`,
-    `baseline` the strategy every row is compared with. Raises LeaderboardError, writing nothing, when no
-    record under runs_dir is valid, so an existing leaderboard is never replaced by an empty one."""
+    `baseline` the strategy every row is compared with, `claims` a claims file (default: claims.yaml beside the
+    records folder, when there is one). Raises LeaderboardError, writing nothing, when no record under runs_dir
+    is valid, so an existing leaderboard is never replaced by an empty one."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
-    board = build_board(runs_dir, out_dir, baseline, mode)
+    beside = runs_dir.parent / claims_mod.FILE_NAME
+    claim_list = claims_mod.load(claims) if claims else claims_mod.load(beside) if beside.is_file() else None
+    board = build_board(runs_dir, out_dir, baseline, mode, claims=claim_list)
     if not board["rows"]:
         raise LeaderboardError(f"no valid run records in {runs_dir} ({len(board['problems'])} not included); "
                                "leaderboard left unchanged")
     _atomic_write(out_dir / "LEADERBOARD.md", markdown(board))
     _atomic_write(out_dir / "leaderboard.csv", csv_text(board["rows"]))
-    other = build_board(runs_dir, out_dir, baseline, next(m for m in MODES if m != board["mode"]), fallback=False)
+    other = build_board(runs_dir, out_dir, baseline, next(m for m in MODES if m != board["mode"]), fallback=False,
+                        claims=claim_list)
     _atomic_write(out_dir / "leaderboard.html", html_page(board, other))
     summary = _summary(board, out_dir)
     row_line = (_row_line(board, out_dir, highlight) if highlight is not None else None) or summary

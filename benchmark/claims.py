@@ -1,0 +1,155 @@
+"""Published claims as data, judged from a leaderboard's rows: the verdict is computed, never typed.
+
+A claims file (YAML; the leaderboard reads `claims.yaml` beside the records folder, or `--claims FILE`) lists:
+
+    - claim: SeqLoRA collapses on the long benchmark     # what the papers say
+      paper: "O-LoRA order-6 logs: AA 32.04, BWT -47.96"  # their number, as text
+      metric: bwt                                        # a leaderboard metric: aa bwt fwt forgetting ppl_rel_change
+      strategy: seq_lora                                 # the strategy as recorded (olora_long runs as olora)
+      below: -20                                         # or above: X; or than: <strategy> + better: higher|lower
+      why: "..."                                         # optional: what may explain a verdict that is not "holds"
+
+Verdicts, at the leaderboard's 95 % level over seeds:
+- a threshold (`below` / `above`): holds when the row's t-interval lies on the claimed side, does not hold when it
+  lies on the other side, inconclusive when it straddles the threshold or there is one seed;
+- a comparison (`than`): the paired t-test over the seeds both rows ran (rows of identical settings): holds when
+  the difference is significant in the claimed direction, does not hold when it is significant the other way,
+  inconclusive otherwise.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark import stats
+from benchmark.errors import ClbenchError
+
+METRICS = ("aa", "bwt", "fwt", "forgetting", "ppl_rel_change")
+PCT = ("ppl_rel_change",)  # a fraction in the records, shown in %
+FILE_NAME = "claims.yaml"
+
+
+class ClaimsError(ClbenchError, ValueError):
+    pass
+
+
+def _check(i: int, c: Any, where: str) -> dict:
+    if not isinstance(c, dict):
+        raise ClaimsError(f"{where}: claim {i + 1} must be a mapping, got {c!r}")
+    name = c.get("claim", f"claim {i + 1}")
+    missing = [k for k in ("claim", "metric", "strategy") if k not in c]
+    if missing:
+        raise ClaimsError(f"{where}: {name!r} lacks {', '.join(missing)}")
+    if c["metric"] not in METRICS:
+        raise ClaimsError(f"{where}: {name!r}: metric must be one of {', '.join(METRICS)}, got {c['metric']!r}")
+    tests = [k for k in ("below", "above", "than") if k in c]
+    if len(tests) != 1:
+        raise ClaimsError(f"{where}: {name!r} needs exactly one of below, above, than")
+    if "than" in c and c.get("better") not in ("higher", "lower"):
+        raise ClaimsError(f"{where}: {name!r}: a comparison needs better: higher or lower")
+    for k in ("below", "above"):
+        if k in c and (isinstance(c[k], bool) or not isinstance(c[k], (int, float))):
+            raise ClaimsError(f"{where}: {name!r}: {k} must be a number, got {c[k]!r}")
+    unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why"})
+    if unknown:
+        raise ClaimsError(f"{where}: {name!r}: unknown key {unknown[0]!r}")
+    return c
+
+
+def load(path: Path) -> list[dict]:
+    """The claims of a file, checked; a malformed file stops with one line naming it and the claim."""
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ClaimsError(f"claims file {path} could not be read ({str(e).splitlines()[0]})") from None
+    if not isinstance(doc, list):
+        raise ClaimsError(f"claims file {path} must hold a list of claims")
+    return [_check(i, c, str(path)) for i, c in enumerate(doc)]
+
+
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PCT else 1.0
+
+
+def _num(v: float | None, metric: str) -> str:
+    return "–" if v is None else f"{v * _scale(metric):+.2f}" if metric in ("bwt", "fwt", "ppl_rel_change") else f"{v * _scale(metric):.2f}"
+
+
+def _values(row: dict, metric: str) -> dict[int, float]:
+    return {r["seed"]: r["metrics"][metric] for r in row["runs"] if r["metrics"].get(metric) is not None}
+
+
+def _rows(rows: list[dict], strategy: str) -> list[dict]:
+    return [r for r in rows if r["strategy"] == strategy]
+
+
+def _threshold(c: dict, rows: list[dict]) -> dict:
+    metric, found = c["metric"], _rows(rows, c["strategy"])
+    if len(found) != 1:
+        return {"clbench": f"{len(found)} rows of {c['strategy']}", "verdict": "inconclusive",
+                "reason": "no run" if not found else "several configurations of the strategy"}
+    values = list(_values(found[0], metric).values())
+    mean, sd = stats.mean_sd(values)
+    ci = stats.t_interval(values)
+    s = _scale(metric)
+    text = f"{_num(mean, metric)}" + ("" if sd is None else f" ± {sd * s:.2f} sd") + (
+        "" if ci is None else f", 95 % CI [{ci[0] * s:.2f}, {ci[1] * s:.2f}]") + f" ({len(values)} seeds)"
+    bound = c["below"] if "below" in c else c["above"]
+    side = "below" if "below" in c else "above"
+    if ci is None:
+        return {"clbench": text, "verdict": "inconclusive", "reason": "fewer than two seeds"}
+    lo, hi = ci[0] * s, ci[1] * s
+    claimed = hi < bound if side == "below" else lo > bound
+    opposite = lo > bound if side == "below" else hi < bound
+    verdict = "holds" if claimed else "does not hold" if opposite else "inconclusive"
+    reason = f"the interval lies {side} {bound:g}" if claimed else (
+        f"the interval lies {'above' if side == 'below' else 'below'} {bound:g}" if opposite else f"the interval contains {bound:g}")
+    return {"clbench": text, "verdict": verdict, "reason": reason}
+
+
+def _comparison(c: dict, rows: list[dict]) -> dict:
+    metric, s = c["metric"], _scale(c["metric"])
+    pairs = [(a, b) for a in _rows(rows, c["strategy"]) for b in _rows(rows, c["than"]) if a["match"] == b["match"]]
+    if len(pairs) != 1:
+        return {"clbench": f"{len(pairs)} pairs of rows with identical settings", "verdict": "inconclusive",
+                "reason": "no pair of runs to compare" if not pairs else "several pairs of configurations"}
+    a, b = (_values(r, metric) for r in pairs[0])
+    seeds = sorted(set(a) & set(b))
+    t = stats.paired_t_test([a[k] for k in seeds], [b[k] for k in seeds])
+    if t["diff"] is None:
+        return {"clbench": "no common seeds", "verdict": "inconclusive", "reason": "no seed ran both"}
+    text = (f"{c['strategy']} {_num(stats.mean_sd(list(a.values()))[0], metric)} vs {c['than']} "
+            f"{_num(stats.mean_sd(list(b.values()))[0], metric)}: difference {t['diff'] * s:+.2f}")
+    if t["ci"] is not None:
+        text += f", 95 % CI [{t['ci'][0] * s:+.2f}, {t['ci'][1] * s:+.2f}], p = {t['p']:.3f}"
+    text += f" ({len(seeds)} paired seeds)"
+    if t["p"] is None:
+        return {"clbench": text, "verdict": "inconclusive", "reason": "fewer than two paired seeds"}
+    wanted = 1 if c["better"] == "higher" else -1
+    if t["p"] < stats.ALPHA:
+        ok = (t["diff"] > 0) == (wanted > 0)
+        return {"clbench": text, "verdict": "holds" if ok else "does not hold",
+                "reason": "significant in the claimed direction" if ok else "significant in the opposite direction"}
+    return {"clbench": text, "verdict": "inconclusive", "reason": "the difference is not significant"}
+
+
+def judge(claims: list[dict], rows: list[dict]) -> list[dict]:
+    """Each claim with clbench's number (with its spread), the verdict and the reason for it."""
+    out = []
+    for c in claims:
+        result = _comparison(c, rows) if "than" in c else _threshold(c, rows)
+        out.append({"claim": c["claim"], "paper": c.get("paper", ""), "why": c.get("why", ""), **result})
+    return out
+
+
+def markdown_lines(judged: list[dict]) -> list[str]:
+    out = ["## Claims", "", "Each published claim judged from the rows above (`benchmark/claims.py`: 95 % t-intervals "
+           "over seeds, paired t-tests between strategies on the seeds both ran).", "",
+           "| claim | paper | clbench | verdict |", "|---|---|---|---|"]
+    for j in judged:
+        verdict = f"{j['verdict']}: {j['reason']}" + (f". {j['why']}" if j["why"] and j["verdict"] != "holds" else "")
+        out.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ")
+                                     for x in (j["claim"], j["paper"], j["clbench"], verdict)) + " |")
+    return out
