@@ -6,6 +6,8 @@
 #     STRATEGY      default: seq_lora inc_lora olora_long replay migu ilora gere mtl
 #   environment:  SEEDS="1 2 3"  EXPERIMENT=long_repro (or long_repro_cpu)  PARALLEL=1 (runs side by side; on one
 #                 GPU all of them fit: PARALLEL=0 means no limit)  CLI="clbench-run"  EXTRA="key=value ..."
+#                 CLAIMS=<file> (default: results/examples/long_repro_cpu/claims.yaml, the long benchmark's claims,
+#                 judged in the leaderboard; a claims.yaml in RESULTS_DIR is used without it)
 # A run that is interrupted resumes from its last finished task when the same command is given again.
 set -uo pipefail
 RESULTS=${1:-results/examples/long_repro}
@@ -29,4 +31,9 @@ for seed in $SEEDS; do
   done
 done
 wait
-$LEADERBOARD "$RESULTS/runs"
+CLAIMS=${CLAIMS:-results/examples/long_repro_cpu/claims.yaml}
+if [ -f "$RESULTS/claims.yaml" ]; then
+  $LEADERBOARD "$RESULTS/runs"
+else
+  $LEADERBOARD "$RESULTS/runs" --claims "$CLAIMS"
+fi

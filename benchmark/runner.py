@@ -187,7 +187,7 @@ def train_stage(ctx: RunContext, strategy, items: list[Encoded]) -> dict[str, An
                 # DDP averages gradients over processes: the factor world makes that a token-weighted sum
                 acc.backward(loss * (n * acc.num_processes / window_tokens))
             tokens += n
-            padded += batch["input_ids"].numel()
+            padded += sum(batch[k].numel() for k in ("input_ids", "decoder_input_ids") if k in batch)
             loss_sum += loss.detach()
             bad |= ~torch.isfinite(loss.detach())
         ctx.task_ce = None

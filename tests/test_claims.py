@@ -1,0 +1,72 @@
+"""Published claims as data (issue 17, item 2): the leaderboard judges each claim from the runs' numbers, with the
+verdict computed from intervals and paired tests, never typed."""
+import pytest
+
+from benchmark import claims, leaderboard
+from tests.test_leaderboard_stats import BASE, BETTER, NOISE, _record, _write
+
+
+def _runs(tmp_path):
+    runs = tmp_path / "runs"
+    for i, s in enumerate(range(1, 6)):
+        _write(runs, _record("seq_lora", s, BASE[i]))
+        _write(runs, _record("better", s, BASE[i] + BETTER[i]))
+        _write(runs, _record("noisy", s, BASE[i] + NOISE[i]))
+    _write(runs, _record("lonely", 1, 40.0))
+    return runs
+
+
+CLAIMS = """
+- {claim: better beats the baseline, paper: "+10", metric: aa, strategy: better, than: seq_lora, better: higher}
+- {claim: the baseline beats better, paper: "-10", metric: aa, strategy: seq_lora, than: better, better: higher, why: small model}
+- {claim: noisy beats the baseline, metric: aa, strategy: noisy, than: seq_lora, better: higher}
+- {claim: better stays above 55, metric: aa, strategy: better, above: 55}
+- {claim: better stays below 55, metric: aa, strategy: better, below: 55}
+- {claim: the baseline stays below 52, metric: aa, strategy: seq_lora, below: 52}
+- {claim: one seed is not enough, metric: aa, strategy: lonely, above: 10}
+- {claim: a strategy that never ran, metric: bwt, strategy: absent, below: -20}
+"""
+
+
+def test_each_verdict_follows_from_the_intervals_and_the_paired_test(tmp_path):
+    runs = _runs(tmp_path)
+    (tmp_path / "claims.yaml").write_text(CLAIMS)
+    leaderboard.regenerate(runs, tmp_path)  # claims.yaml beside the records folder is read by default
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    verdicts = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
+                if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    assert verdicts["better beats the baseline"].startswith("holds: significant in the claimed direction")
+    assert verdicts["the baseline beats better"].startswith("does not hold: significant in the opposite direction. small model")
+    assert verdicts["noisy beats the baseline"].startswith("inconclusive: the difference is not significant")
+    assert verdicts["better stays above 55"].startswith("holds: the interval lies above 55")
+    assert verdicts["better stays below 55"].startswith("does not hold: the interval lies above 55")
+    assert verdicts["the baseline stays below 52"].startswith("inconclusive: the interval contains 52")
+    assert verdicts["one seed is not enough"].startswith("inconclusive: fewer than two seeds")
+    assert verdicts["a strategy that never ran"].startswith("inconclusive: no run")
+    # clbench's number comes with its spread: the mean difference of better over seq_lora is exactly mean(BETTER)
+    line = next(l for l in md.splitlines() if l.startswith("| better beats the baseline"))
+    assert f"difference +{sum(BETTER) / 5:.2f}, 95 % CI [" in line and "(5 paired seeds)" in line
+    assert "Claims" in (tmp_path / "leaderboard.html").read_text()
+
+
+def test_without_a_claims_file_the_leaderboard_has_no_claims_section(tmp_path):
+    leaderboard.regenerate(_runs(tmp_path), tmp_path)
+    assert "## Claims" not in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- {claim: x, metric: aa, strategy: s}", "'x' needs exactly one of below, above, than"),
+    ("- {claim: x, metric: accuracy, strategy: s, below: 1}", "metric must be one of aa, bwt"),
+    ("- {claim: x, metric: aa, strategy: s, than: t}", "a comparison needs better: higher or lower"),
+    ("- {claim: x, metric: aa, strategy: s, below: high}", "below must be a number"),
+    ("- {claim: x, metric: aa, below: 1}", "'x' lacks strategy"),
+    ("- {claim: x, metric: aa, strategy: s, below: 1, verdict: holds}", "unknown key 'verdict'"),
+    ("claim: x", "must hold a list of claims"),
+    ("- [unclosed", "could not be read"),
+])
+def test_a_malformed_claims_file_fails_in_one_line_naming_it(tmp_path, text, message):
+    path = tmp_path / "claims.yaml"
+    path.write_text(text)
+    with pytest.raises(claims.ClaimsError, match=message) as e:
+        claims.load(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
