@@ -354,18 +354,27 @@ def _score_seq2seq(model, examples, answers, pad_id, eos_id, cfg: "EvalConfig", 
     for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         enc, mask = _encode_prompts(model, [examples[i].prompt for i in batch], pad_id, device)
         if cfg.ranks_labels:
-            choice, margin = _margins(_seq2seq_label_scores(model, enc, mask, answers, start, pad_id,
-                                                            cfg.normalize).float().cpu())
-            for row, i in enumerate(batch):
-                results[i].choice, results[i].margin = int(choice[row]), float(margin[row])
+            _set_choices(results, batch, _seq2seq_label_scores(model, enc, mask, answers, start, pad_id,
+                                                               cfg.normalize).float().cpu())
         if cfg.generates:
             tokens, ended = _greedy_seq2seq(model, enc, mask, start, cfg.max_new_tokens, eos_id, pad_id)
-            for row, i in enumerate(batch):
-                new = tokens[row].tolist()
-                n = new.index(eos_id) if eos_id in new else len(new)
-                r = results[i]
-                r.generation, r.gen_tokens, r.hit_limit = decode(new[:n]), n, not bool(ended[row])
+            _set_generations(results, batch, tokens, ended, eos_id, decode)
     return results
+
+
+def _set_choices(results: list["Scored"], batch: list[int], scores: torch.Tensor) -> None:
+    choice, margin = _margins(scores)
+    for row, i in enumerate(batch):
+        results[i].choice, results[i].margin = int(choice[row]), float(margin[row])
+
+
+def _set_generations(results: list["Scored"], batch: list[int], tokens: torch.Tensor, ended: torch.Tensor,
+                     eos_id: int, decode) -> None:
+    for row, i in enumerate(batch):
+        new = tokens[row].tolist()
+        n = new.index(eos_id) if eos_id in new else len(new)
+        r = results[i]
+        r.generation, r.gen_tokens, r.hit_limit = decode(new[:n]), n, not bool(ended[row])
 
 
 @torch.inference_mode()
@@ -399,18 +408,12 @@ def score_examples(model, examples: list[Encoded], answers: list[tuple[int, ...]
             scores = loglik_scores_cached(model, [examples[i] for i in batch], answers, pad_id, len(batch), device,
                                           cfg.normalize)
         if scores is not None:
-            choice, margin = _margins(scores)
-            for row, i in enumerate(batch):
-                results[i].choice, results[i].margin = int(choice[row]), float(margin[row])
+            _set_choices(results, batch, scores)
         if cfg.generates:
             if cache is None:
                 ids, mask, first, cache = _prompt_forward(model, prompts, pad_id, device)
             tokens, ended = _greedy(model, ids, mask, first, cache, cfg.max_new_tokens, eos_id, pad_id)
-            for row, i in enumerate(batch):
-                new = tokens[row].tolist()
-                n = new.index(eos_id) if eos_id in new else len(new)
-                r = results[i]
-                r.generation, r.gen_tokens, r.hit_limit = decode(new[:n]), n, not bool(ended[row])
+            _set_generations(results, batch, tokens, ended, eos_id, decode)
     return results
 
 
