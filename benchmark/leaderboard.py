@@ -240,9 +240,23 @@ def _without(config: dict, keys: tuple[str, ...]) -> dict:
     return {k: v for k, v in config.items() if k not in keys}
 
 
+def _inert_removed(config: dict, tasks: list[str]) -> dict:
+    """The config without settings that cannot act on the run's stream: per-task epochs of tasks it lacks
+    (O-LoRA's long.sh trains MNLI 2 epochs; on a stream without MNLI, olora_long pairs with seq_lora)."""
+    trainer = config.get("trainer")
+    per_task = trainer.get("epochs_per_task") if isinstance(trainer, dict) else None
+    if isinstance(per_task, dict):
+        kept = {t: e for t, e in per_task.items() if t in tasks}
+        config = {**config, "trainer": {k: v for k, v in trainer.items() if k != "epochs_per_task"}}
+        if kept:
+            config["trainer"]["epochs_per_task"] = kept
+    return config
+
+
 def _comparison_key(rec: dict) -> str:
+    config = _inert_removed(identity_config(rec["config"], recorded_task_versions(rec)), rec["stream"].get("tasks", []))
     return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
-                           _without(identity_config(rec["config"], recorded_task_versions(rec)), NOT_COMPARED)])
+                           _without(config, NOT_COMPARED)])
 
 
 def _metric_summary(values: list[float]) -> dict[str, Any]:

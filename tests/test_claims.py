@@ -70,3 +70,22 @@ def test_a_malformed_claims_file_fails_in_one_line_naming_it(tmp_path, text, mes
     with pytest.raises(claims.ClaimsError, match=message) as e:
         claims.load(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_per_task_epochs_of_tasks_outside_the_stream_do_not_prevent_pairing(tmp_path):
+    """olora_long carries MNLI's 2 epochs; on a stream without MNLI it is compared with seq_lora all the same."""
+    runs = tmp_path / "runs"
+    for i, s in enumerate(range(1, 4)):
+        base = _record("seq_lora", s, BASE[i])
+        base["config"]["trainer"] = {"lr": 0.001}
+        _write(runs, base)
+        rec = _record("olora", s, BASE[i] + BETTER[i])
+        rec["config"]["trainer"] = {"lr": 0.001, "epochs_per_task": {"MNLI": 2}}
+        _write(runs, rec)
+        inert_and_not = _record("migu", s, BASE[i] + BETTER[i])
+        inert_and_not["config"]["trainer"] = {"lr": 0.001, "epochs_per_task": {"MNLI": 2, "a": 3}}  # a: in the stream
+        _write(runs, inert_and_not)
+    out = leaderboard.regenerate(runs, tmp_path)
+    verdict = {r["strategy"]: r["vs_baseline"]["metrics"]["aa"]["verdict"] for r in out["rows"]}
+    assert verdict["olora"] == "significant"
+    assert verdict["migu"] == "no baseline"  # 3 epochs on a task of the stream do change the run
