@@ -144,12 +144,16 @@ def judge(claims: list[dict], rows: list[dict]) -> list[dict]:
     return out
 
 
+def verdict_text(j: dict) -> str:
+    """The verdict, its reason and, unless the claim holds, what differs from the papers' set-up."""
+    return f"{j['verdict']}: {j['reason']}" + (f". {j['why']}" if j["why"] and j["verdict"] != "holds" else "")
+
+
 def markdown_lines(judged: list[dict]) -> list[str]:
     out = ["## Claims", "", "Each published claim judged from the rows above (`benchmark/claims.py`: 95 % t-intervals "
            "over seeds, paired t-tests between strategies on the seeds both ran).", "",
            "| claim | paper | clbench | verdict |", "|---|---|---|---|"]
     for j in judged:
-        verdict = f"{j['verdict']}: {j['reason']}" + (f". {j['why']}" if j["why"] and j["verdict"] != "holds" else "")
         out.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ")
-                                     for x in (j["claim"], j["paper"], j["clbench"], verdict)) + " |")
+                                     for x in (j["claim"], j["paper"], j["clbench"], verdict_text(j))) + " |")
     return out

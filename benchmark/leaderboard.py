@@ -708,8 +708,7 @@ def html_page(board: dict[str, Any], other: dict[str, Any] | None = None) -> str
     if board.get("claims"):
         out += ["<h2>Claims</h2>", "<table><tr><th>claim</th><th>paper</th><th>clbench</th><th>verdict</th></tr>"]
         out += ["<tr>" + "".join(f'<td class="t">{esc(x)}</td>' for x in (
-            j["claim"], j["paper"], j["clbench"], f"{j['verdict']}: {j['reason']}" + (
-                f". {j['why']}" if j["why"] and j["verdict"] != "holds" else ""))) + "</tr>" for j in board["claims"]]
+            j["claim"], j["paper"], j["clbench"], claims_mod.verdict_text(j))) + "</tr>" for j in board["claims"]]
         out.append("</table>")
     if other is not None and other["rows"]:
         out += [f"<h2>{esc(_mode_title(other))}</h2>"] + _html_table("board-" + other["mode"], other)
