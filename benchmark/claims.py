@@ -120,8 +120,9 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     t = stats.paired_t_test([a[k] for k in seeds], [b[k] for k in seeds])
     if t["diff"] is None:
         return {"clbench": "no common seeds", "verdict": "inconclusive", "reason": "no seed ran both"}
-    text = (f"{c['strategy']} {_num(stats.mean_sd(list(a.values()))[0], metric)} vs {c['than']} "
-            f"{_num(stats.mean_sd(list(b.values()))[0], metric)}: difference {t['diff'] * s:+.2f}")
+    # both means over the paired seeds only, so that they differ by exactly the difference shown
+    text = (f"{c['strategy']} {_num(stats.mean_sd([a[k] for k in seeds])[0], metric)} vs {c['than']} "
+            f"{_num(stats.mean_sd([b[k] for k in seeds])[0], metric)}: difference {t['diff'] * s:+.2f}")
     if t["ci"] is not None:
         text += f", 95 % CI [{t['ci'][0] * s:+.2f}, {t['ci'][1] * s:+.2f}], p = {t['p']:.3f}"
     text += f" ({len(seeds)} paired seeds)"

@@ -89,3 +89,18 @@ def test_per_task_epochs_of_tasks_outside_the_stream_do_not_prevent_pairing(tmp_
     verdict = {r["strategy"]: r["vs_baseline"]["metrics"]["aa"]["verdict"] for r in out["rows"]}
     assert verdict["olora"] == "significant"
     assert verdict["migu"] == "no baseline"  # 3 epochs on a task of the stream do change the run
+
+
+def test_a_comparison_shows_both_means_over_the_paired_seeds_only(tmp_path):
+    """A seed only one side ran moves neither mean: the two means shown differ by exactly the paired difference."""
+    runs = tmp_path / "runs"
+    for i, s in enumerate(range(1, 4)):
+        _write(runs, _record("seq_lora", s, BASE[i]))
+        _write(runs, _record("better", s, BASE[i] + BETTER[i]))
+    _write(runs, _record("better", 4, 0.0))  # unpaired: the baseline has no seed 4
+    (tmp_path / "claims.yaml").write_text(CLAIMS.splitlines()[1])
+    leaderboard.regenerate(runs, tmp_path)
+    line = next(l for l in (tmp_path / "LEADERBOARD.md").read_text().splitlines() if l.startswith("| better beats"))
+    mean_a, mean_b = sum(BASE[:3]) / 3 + sum(BETTER[:3]) / 3, sum(BASE[:3]) / 3
+    assert f"better {mean_a:.2f} vs seq_lora {mean_b:.2f}: difference +{mean_a - mean_b:.2f}" in line
+    assert "(3 paired seeds)" in line

@@ -1,4 +1,5 @@
 """Slower end-to-end checks: the real SmolLM2 model, a 2-process accelerate run, a joblib sweep, the browser."""
+import contextlib
 import json
 import os
 import shutil
@@ -137,13 +138,28 @@ def test_slurm_launcher_preset_is_a_valid_submitit_config():
     assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] == 720
 
 
-@pytest.mark.browser
-def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
+@contextlib.contextmanager
+def _browser_page():
+    """A page of Debian's headless chromium (no network), and the folder the screenshots go to."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (run .ci/browser-setup)")
     from playwright.sync_api import sync_playwright
 
+    shots = Path(os.environ.get("CLBENCH_SCREENSHOTS", ROOT / "results" / "screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        try:
+            yield browser.new_page(), shots
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
     from benchmark import leaderboard, records
     from tests.test_records_leaderboard import _rec
 
@@ -152,13 +168,7 @@ def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
         records.write_record(_rec(strategy, aa_last=aa, chash=h), runs)
     leaderboard.regenerate(runs, tmp_path)
     page_url = (tmp_path / "leaderboard.html").as_uri()
-    shots = Path(os.environ.get("CLBENCH_SCREENSHOTS", ROOT / "results" / "screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
+    with _browser_page() as (page, shots):
         page.goto(page_url)
         strategies = lambda: page.eval_on_selector_all("#board tbody tr td:nth-child(3)", "els => els.map(e => e.textContent)")  # noqa: E731
         assert strategies() == ["replay", "olora", "seq_lora"]  # generated order: AA descending
@@ -169,7 +179,6 @@ def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
         page.click("#board th:nth-child(3)")  # strategy names, alphabetical
         assert strategies() == ["olora", "replay", "seq_lora"]
         page.screenshot(path=str(shots / "leaderboard.png"), full_page=True)
-        browser.close()
     assert (shots / "leaderboard.png").stat().st_size > 1000
 
 
@@ -196,11 +205,6 @@ def test_cold_and_warm_model_cache_give_identical_records(tmp_path):
 @pytest.mark.browser
 def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
     """The forgetting anatomy of a real (tiny) run: one stacked bar per evaluation, drawn with visible height."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (run .ci/browser-setup)")
-    from playwright.sync_api import sync_playwright
-
     from benchmark import leaderboard
 
     path, rec = two_task_run
@@ -209,13 +213,7 @@ def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
     shutil.copy(path, runs / path.name)
     shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
     leaderboard.regenerate(runs, tmp_path)
-    shots = Path(os.environ.get("CLBENCH_SCREENSHOTS", ROOT / "results" / "screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
+    with _browser_page() as (page, shots):
         page.goto((tmp_path / "leaderboard.html").as_uri())
         assert not page.is_visible("svg.anatomy")  # folded away until the run is opened
         page.click("details summary", position={"x": 4, "y": 6})  # the disclosure marker, not the record link
@@ -225,5 +223,4 @@ def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
         bars = page.eval_on_selector_all("svg.anatomy rect[class^=part-]", "els => new Set(els.map(e => e.x.baseVal.value)).size")
         assert bars == len(rec["matrix"]["values"]) and all(h > 0 for h in heights)
         page.screenshot(path=str(shots / "anatomy.png"), full_page=True)
-        browser.close()
     assert (shots / "anatomy.png").stat().st_size > 1000
