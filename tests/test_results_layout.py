@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("cpu_generate", "cpu_loglik", "gpu_h100", "long_repro_cpu")
+EXAMPLES = ("cpu_generate", "cpu_loglik", "gpu_h100", "long_repro_cpu", "long_repro_cpu_probes")
 BOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.html")
 
 
