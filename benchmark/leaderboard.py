@@ -318,8 +318,24 @@ def add_settings(rows: list[dict]) -> None:
     for bucket in buckets.values():
         keys = sorted({k for r in bucket for k in r["flat_config"]})
         varying = [k for k in keys if len({r["flat_config"].get(k, "(absent)") for r in bucket}) > 1]
+        # a mapping that is empty in one row and filled in another differs by its entries, named one by one
+        leaves = [k for k in varying if not any(v.startswith(k + ".") for v in varying)]
         for r in bucket:
-            r["settings"] = ", ".join(f"{k}={r['flat_config'].get(k, '(absent)')}" for k in varying)
+            r["settings"] = ", ".join(dict.fromkeys(_setting(r["flat_config"], k) for k in leaves))
+
+
+def _setting(flat: dict[str, str], key: str) -> str:
+    """`key=value`; for a key the row lacks, its outermost ancestor under which the row has nothing (with the
+    row's own value there, `{}` or absent), so that an empty mapping reads as one setting, not one per entry."""
+    if key in flat:
+        return f"{key}={flat[key]}"
+    top = key
+    while "." in top:
+        up = top.rsplit(".", 1)[0]
+        if any(k.startswith(up + ".") for k in flat):
+            break
+        top = up
+    return f"{top}={flat.get(top, '(absent)')}"
 
 
 # ---------------------------------------------------------------- paired comparison with the baseline

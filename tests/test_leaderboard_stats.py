@@ -226,6 +226,26 @@ def test_rows_name_the_settings_that_set_them_apart(tmp_path):
     assert 'href="runs/' in page  # each run links to its record file
 
 
+
+def test_an_empty_mapping_is_one_setting_not_one_absent_entry_per_key(tmp_path):
+    """olora with the default lambdas beside olora_long's per-task ones: the default row reads `...={}` once."""
+    runs = tmp_path / "runs"
+    per_task = {"agnews": 5.0, "dbpedia": 5.0, "yelp": 0.0}
+    for i, (lambdas, epochs) in enumerate((({}, None), (per_task, {"MNLI": 2}))):
+        rec = _record("olora", 1, 50.0 + i)
+        rec["config"]["strategy"]["lambda1_per_task"] = lambdas
+        if epochs is not None:
+            rec["config"]["trainer"] = {"epochs_per_task": epochs}
+        rec["config_hash"] = records.config_hash(rec["config"])
+        _write(runs, rec, name=f"olora-{i}.json")
+    out = leaderboard.regenerate(runs, tmp_path)
+    settings = sorted(r["settings"] for r in out["rows"])
+    assert settings == [
+        "strategy.lambda1_per_task.agnews=5.0, strategy.lambda1_per_task.dbpedia=5.0, "
+        "strategy.lambda1_per_task.yelp=0.0, trainer.epochs_per_task.MNLI=2",
+        "strategy.lambda1_per_task={}, trainer=(absent)"]
+
+
 def test_two_seq_lora_configs_with_the_same_settings_are_ambiguous(tmp_path):
     runs = tmp_path / "runs"
     _write(runs, _record("seq_lora", 1, 50.0, lora_r=8))
