@@ -77,10 +77,6 @@ def _num(v: float | None, metric: str) -> str:
     return "–" if v is None else f"{v * _scale(metric):+.2f}" if metric in ("bwt", "fwt", "ppl_rel_change") else f"{v * _scale(metric):.2f}"
 
 
-def _values(row: dict, metric: str) -> dict[int, float]:
-    return {r["seed"]: r["metrics"][metric] for r in row["runs"] if r["metrics"].get(metric) is not None}
-
-
 def _rows(rows: list[dict], strategy: str) -> list[dict]:
     return [r for r in rows if r["strategy"] == strategy]
 
@@ -90,7 +86,7 @@ def _threshold(c: dict, rows: list[dict]) -> dict:
     if len(found) != 1:
         return {"clbench": f"{len(found)} rows of {c['strategy']}", "verdict": "inconclusive",
                 "reason": "no run" if not found else "several configurations of the strategy"}
-    values = list(_values(found[0], metric).values())
+    values = list(stats.metric_by_seed(found[0]["runs"], metric).values())
     mean, sd = stats.mean_sd(values)
     ci = stats.t_interval(values)
     s = _scale(metric)
@@ -115,9 +111,9 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     if len(pairs) != 1:
         return {"clbench": f"{len(pairs)} pairs of rows with identical settings", "verdict": "inconclusive",
                 "reason": "no pair of runs to compare" if not pairs else "several pairs of configurations"}
-    a, b = (_values(r, metric) for r in pairs[0])
-    seeds = sorted(set(a) & set(b))
-    t = stats.paired_t_test([a[k] for k in seeds], [b[k] for k in seeds])
+    a, b = (stats.metric_by_seed(r["runs"], metric) for r in pairs[0])
+    t = stats.paired_by_seed(a, b)
+    seeds = t["seeds"]
     if t["diff"] is None:
         return {"clbench": "no common seeds", "verdict": "inconclusive", "reason": "no seed ran both"}
     # both means over the paired seeds only, so that they differ by exactly the difference shown

@@ -245,12 +245,13 @@ def _inert_removed(config: dict, tasks: list[str]) -> dict:
     (O-LoRA's long.sh trains MNLI 2 epochs; on a stream without MNLI, olora_long pairs with seq_lora)."""
     trainer = config.get("trainer")
     per_task = trainer.get("epochs_per_task") if isinstance(trainer, dict) else None
-    if isinstance(per_task, dict):
-        kept = {t: e for t, e in per_task.items() if t in tasks}
-        config = {**config, "trainer": {k: v for k, v in trainer.items() if k != "epochs_per_task"}}
-        if kept:
-            config["trainer"]["epochs_per_task"] = kept
-    return config
+    if not isinstance(per_task, dict):
+        return config
+    trainer = {k: v for k, v in trainer.items() if k != "epochs_per_task"}
+    kept = {t: e for t, e in per_task.items() if t in tasks}
+    if kept:
+        trainer["epochs_per_task"] = kept
+    return {**config, "trainer": trainer}
 
 
 def _comparison_key(rec: dict) -> str:
@@ -348,11 +349,8 @@ def _verdict(result: dict) -> str:
 
 
 def _paired(row: dict, base: dict, key: str) -> dict[str, Any]:
-    mine = {run["seed"]: run["metrics"][key] for run in row["runs"] if run["metrics"].get(key) is not None}
-    theirs = {run["seed"]: run["metrics"][key] for run in base["runs"] if run["metrics"].get(key) is not None}
-    seeds = sorted(set(mine) & set(theirs))
-    result = stats.paired_t_test([mine[s] for s in seeds], [theirs[s] for s in seeds])
-    return {**result, "seeds": seeds, "verdict": _verdict(result)}
+    result = stats.paired_by_seed(stats.metric_by_seed(row["runs"], key), stats.metric_by_seed(base["runs"], key))
+    return {**result, "verdict": _verdict(result)}
 
 
 def _no_pairing(verdict: str) -> dict[str, Any]:

@@ -111,6 +111,17 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) 
     return {"n": n, "diff": mean, "ci": t_interval(diffs, level), "p": min(1.0, p)}
 
 
+
+def metric_by_seed(runs: Sequence[dict], key: str) -> dict[int, float]:
+    """`metrics[key]` of each run (a leaderboard row's `runs`) by its seed; runs without the metric are left out."""
+    return {run["seed"]: run["metrics"][key] for run in runs if run["metrics"].get(key) is not None}
+
+
+def paired_by_seed(a: dict[int, float], b: dict[int, float], level: float = LEVEL) -> dict:
+    """paired_t_test of a against b over the seeds both have, listed under `seeds`."""
+    seeds = sorted(set(a) & set(b))
+    return {**paired_t_test([a[s] for s in seeds], [b[s] for s in seeds], level), "seeds": seeds}
+
 def macro_accuracy(correct: Sequence[Sequence[float]]) -> float:
     """Mean over tasks of each task's mean correctness: the AA of one matrix row, from per-example results."""
     return statistics.fmean(statistics.fmean(v) for v in correct)
