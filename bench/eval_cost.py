@@ -1,5 +1,5 @@
 """What evaluation costs and what the chat template changes: the zero-shot evaluation of the demo stream, exactly
-as a run does it (benchmark.runner.evaluate_all), with eval.mode=generate alone against eval.mode=both (generation
+as a run does it (benchmark.runner.evaluate.evaluate_all), with eval.mode=generate alone against eval.mode=both (generation
 and label log-likelihood sharing the prompt's forward), with the chat template on and off.
 
     python bench/eval_cost.py                              # SmolLM2-135M-Instruct, demo stream, 8 test/class
@@ -24,20 +24,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def measure(model: str, chat: str, mode: str, test_per_class: int, repeats: int) -> dict:
-    from benchmark import predictions, runner
+    from benchmark.records import predictions
+    from benchmark.runner import evaluate, recipe
     from benchmark.config import compose
-    from benchmark.records import hardware
+    from benchmark.records.store import hardware
 
     cfg = compose([f"model={model}", f"data.chat_template={chat}", f"eval.mode={mode}",
                    f"data.test_per_class={test_per_class}", "leaderboard=false"])
-    ctx, strategy, _ = runner.build_context(cfg)
+    ctx, strategy, _ = recipe.build_context(cfg)
     tests = {t.name: ctx.encoder.encode(t, t.test) for t in ctx.stream.tasks}
     warm = {t: v[: cfg.eval.batch_size] for t, v in list(tests.items())[:1]}
-    runner.evaluate_all(ctx, strategy, {**{t: v[:1] for t, v in tests.items()}, **warm}, 0, "warm-up")
+    evaluate.evaluate_all(ctx, strategy, {**{t: v[:1] for t, v in tests.items()}, **warm}, 0, "warm-up")
     times, lines = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        lines = runner.evaluate_all(ctx, strategy, tests, 0, "zero-shot")
+        lines = evaluate.evaluate_all(ctx, strategy, tests, 0, "zero-shot")
         times.append(time.perf_counter() - t0)
     tasks = ctx.stream.task_names
     gen = predictions.generation_stats(lines, tasks)

@@ -8,8 +8,8 @@ the papers' 7-8B models on 80 GB GPUs (issue #15, item 3).
     python bench/memory.py --gpu /tmp/memory_gpu.json               # on a CUDA GPU: the 7-8B shapes measured
 
 Every measurement runs in a fresh child process (this script with --child): the model is built exactly as a run
-builds it (`runner.build_context`, fp32 unless stated, one torch thread), then the strategy trains through
-`runner.train_stage` on a two-task stream (agnews -> amazon; one step on the first task, two on the second, so that
+builds it (`recipe.build_context`, fp32 unless stated, one torch thread), then the strategy trains through
+`loop.train_stage` on a two-task stream (agnews -> amazon; one step on the first task, two on the second, so that
 buffers, frozen adapters, masks and replay are live). Every training row is cut or tiled to exactly SEQ tokens, so
 a micro-batch holds batch x SEQ tokens and the memory per token can be fitted. The peak is the training phase's
 own: the peak-RSS mark is reset (/proc/self/clear_refs) when training starts and read (VmHWM) when it ends;
@@ -95,7 +95,8 @@ def measure(spec: dict) -> dict:
     import torch
 
     from benchmark.config import compose
-    from benchmark.runner import build_context, train_stage
+    from benchmark.runner.loop import train_stage
+    from benchmark.runner.recipe import build_context
 
     model, tiny = MODELS[spec["model"]]
     b, steps = spec["batch"], spec["steps"]
@@ -197,8 +198,8 @@ def _replay_hooks_once(model, batch: int, seq: int, vocab: int, gen) -> dict:
     per layer (MIGU's statistics), however many the replay in backward (on CUDA, in autograd's own thread) adds."""
     import torch
 
-    from benchmark.model import replaying_checkpointed_forward
-    from strategies.lora import lora_layers
+    from benchmark.modeling.model import replaying_checkpointed_forward
+    from strategies.common.lora import lora_layers
 
     calls = {"forward": 0, "replay": 0}
 
@@ -222,9 +223,9 @@ def gpu_check(shapes: dict, batch: int, seq: int) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from benchmark.model import enable_activation_checkpointing
+    from benchmark.modeling.model import enable_activation_checkpointing
     from strategies.base import LoraSettings
-    from strategies.lora import add_lora
+    from strategies.common.lora import add_lora
 
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": batch, "seq": seq, "runs": []}
     for name, t in shapes.items():

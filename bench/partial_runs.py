@@ -25,7 +25,7 @@ def state_files(folder: Path) -> list[Path]:
 
 
 def summary(path: Path, at: int | None = None) -> dict:
-    from benchmark.metrics import all_metrics
+    from benchmark.records.metrics import all_metrics
 
     meta = json.loads(path.read_text())
     rs = meta["run_state"]

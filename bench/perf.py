@@ -8,7 +8,7 @@ own and no measurement warms the allocator or caches for the next one. Warm-up s
 timed. Training measurements use the same examples, the same LoRA (r8 alpha32, q/v), AdamW, lr 1e-3,
 gradient clipping at 1.0 and the same batch size:
 
-  suite         benchmark.runner.train_stage with seq_lora: exactly what a clbench run executes per task
+  suite         benchmark.runner.loop.train_stage with seq_lora: exactly what a clbench run executes per task
   bare          a minimal PyTorch loop over the same length-bucketed batches doing the same work (answer-only
                 cross-entropy, vocabulary projection only where answers are predicted)
   bare_hf_loss  the loop most people write first: model(**batch, labels=labels).loss (every position projected)
@@ -122,7 +122,7 @@ def _split(ctx, task_index: int, args):
 
 
 def _batches(ctx, items, stage: int = 1):
-    from benchmark.runner import _stage_batches
+    from benchmark.runner.loop import stage_batches as _stage_batches
 
     return _stage_batches(items, ctx.cfg, stage, 0, 1, 0)
 
@@ -146,7 +146,7 @@ def _timed(ctx, fn):
 
 
 def train_suite(args):
-    from benchmark.runner import train_stage
+    from benchmark.runner.loop import train_stage
 
     cfg, ctx, strat = _context(args)
     task, warm, timed = _split(ctx, 0, args)
@@ -160,7 +160,7 @@ def _bare_loop(model, batches, pad_id, device, hf_loss: bool) -> tuple[int, int]
     """The minimal loop: forward, answer-only cross-entropy, backward, clip, AdamW step."""
     import torch
 
-    from benchmark.data import IGNORE, collate_train
+    from benchmark.modeling.data import IGNORE, collate_train
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
@@ -201,7 +201,7 @@ def train_bare(args, hf_loss: bool = False):
 def train_hf_trainer(args):
     from transformers import Trainer, TrainingArguments
 
-    from benchmark.data import IGNORE, pad_batch
+    from benchmark.modeling.data import IGNORE, pad_batch
 
     cfg, ctx, _ = _context(args)
     task, warm, timed = _split(ctx, 0, args)
@@ -235,7 +235,7 @@ def train_hf_trainer(args):
 
 def at_second_task(args, name: str):
     """A strategy trained briefly (untimed) on task 1 and set up on task 2, and task 2's examples to time."""
-    from benchmark.runner import train_stage
+    from benchmark.runner.loop import train_stage
 
     cfg, ctx, strat = _context(args, name)
     task1, warm1, _ = _split(ctx, 0, args)
@@ -252,7 +252,7 @@ def at_second_task(args, name: str):
 
 def train_strategy(args, name: str):
     """Time per step of one strategy on task 2, after a short untimed task 1."""
-    from benchmark.runner import train_stage
+    from benchmark.runner.loop import train_stage
 
     ctx, strat, timed = at_second_task(args, name)
     secs, mem, stats = _timed(ctx, lambda: train_stage(ctx, strat, timed))
@@ -266,7 +266,7 @@ def evaluate(args):
     import torch
 
     from benchmark import evaluation
-    from benchmark.data import length_bucketed_batches, padding_share
+    from benchmark.modeling.data import length_bucketed_batches, padding_share
 
     cfg, ctx, strat = _context(args)
     ctx.model.eval()
@@ -342,7 +342,7 @@ def run_child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- driver
 def _hardware() -> dict:
     """The run records' hardware block, plus the CPU model that speed numbers depend on."""
-    from benchmark.records import hardware
+    from benchmark.records.store import hardware
 
     info = hardware()
     with contextlib.suppress(OSError):

@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     from torch.profiler import ProfilerActivity, profile
 
-    from benchmark.runner import train_stage
+    from benchmark.runner.loop import train_stage
 
     args = argparse.Namespace(model=a.model, steps=a.steps, warmup=2, batch_size=a.batch_size, test_per_class=1)
     ctx, strat, timed = perf.at_second_task(args, a.strategy)

@@ -94,14 +94,15 @@ def main() -> None:
 
 def execute(cfg: DictConfig) -> None:
     """The body of clbench-run, callable without Hydra's app machinery (tests)."""
-    from benchmark import leaderboard, records
-    from benchmark.runner import run
+    from benchmark import leaderboard
+    from benchmark.records import store
+    from benchmark.runner import recipe
 
     errors = ClbenchError
     PROGRESS.reset()  # the runner fills it in; a stale value from an earlier run in this process must not show
     try:
         with sigterm_as_interrupt():
-            path = run(OmegaConf.to_object(cfg))
+            path = recipe.run(OmegaConf.to_object(cfg))
     except KeyboardInterrupt as e:
         _interrupted(e)
     except errors as e:  # user-facing errors: one line naming the culprit, no traceback
@@ -109,7 +110,7 @@ def execute(cfg: DictConfig) -> None:
     if path is None:  # not the main process
         return
     try:
-        rec = records.load_record(path)
+        rec = store.load_record(path)
         print(_summary(rec, path), flush=True)
         if cfg.leaderboard:
             out = leaderboard.regenerate(Path(cfg.results_dir) / "runs", Path(cfg.results_dir), highlight=Path(path))

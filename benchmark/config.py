@@ -1,6 +1,9 @@
-"""Structured configs: Hydra validates every key and type against these dataclasses at start.
+"""Every configuration dataclass of a run, and nothing that needs torch.
 
-A typo such as `trainer.lr_rate=1` or `trainer.epochs=abc` fails before any work with the key named.
+Hydra validates every key and type against these dataclasses at start (a typo such as `trainer.lr_rate=1` or
+`trainer.epochs=abc` fails before any work with the key named), and each dataclass checks its own values in
+`__post_init__` (the PEFT pattern), so that a bad value fails in a second with its key named. The machine's
+abilities (is there a GPU, can results_dir be written) are checked by benchmark/runner/preflight.py.
 Strategy settings are validated by the strategy registry against the strategy's own config dataclass.
 
 Defaults live in the dataclasses only: conf/*/*.yaml state what differs from them. The `stream=<name>` choices
@@ -10,26 +13,61 @@ stored in Hydra's ConfigStore by register_configs (conf/strategy/*.yaml pull the
 """
 from __future__ import annotations
 
-import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from benchmark.errors import ClbenchError
-from benchmark.evaluation import EvalConfig
-from benchmark.model import ModelConfig
+from benchmark.records.schema import EVAL_MODES, SCORE_MODES  # noqa: F401  (SCORE_MODES: re-exported for readers)
 from task_streams import DataConfig, available_streams, available_tasks
+from task_streams.registry import MISSING_POLICIES
+
+# ---------------------------------------------------------------- allowed values, each listed once
+DEVICES = ("auto", "cpu", "cuda")
+MIXED_PRECISION = ("no", "bf16", "fp16")  # accelerate's names
+DTYPES = ("float32", "bfloat16", "float16")
+LOGGERS = ("none", "wandb")  # benchmark/runner/loggers.py has one class per name
+PAPERS_MAX_NEW_TOKENS = 50  # O-LoRA's and MIGU's generation limit
+MIN_PROMPT_TOKENS = 8  # the prompt's fixed head and tail alone take about this many tokens
+
+SMOLLM2 = "smollm2-135m"
 
 
-MISSING_POLICIES = ("error", "skip")
+def at_least(key: str, value, minimum) -> str | None:
+    return None if value >= minimum else f"{key} must be >= {minimum}, got {value}"
+
+
+def one_of(key: str, value, allowed: tuple[str, ...]) -> str | None:
+    return None if value in allowed else f"{key} must be one of {'|'.join(allowed)}, got {value!r}"
+
+
+def raise_problems(problems: list[str | None]) -> None:
+    """One ClbenchError listing every problem found, each naming its key (or nothing when there is none)."""
+    found = [p for p in problems if p]
+    if found:
+        raise ClbenchError("; ".join(found))
+
+
+@dataclass
+class ModelConfig:
+    name: str = SMOLLM2  # "smollm2-135m", "tiny-llama", "tiny-t5", a hub name or a local folder
+    dtype: str = "float32"  # one of DTYPES
+    trust_remote_code: bool = False
+    cache_dir: Optional[str] = None  # where the SmolLM2 safetensors conversion is kept
+    revision: Optional[str] = None
+    tiny: dict = field(default_factory=dict)  # overrides of the tiny config (tests)
+
+    def __post_init__(self):
+        raise_problems([one_of("model.dtype", self.dtype, DTYPES)])
 
 
 @dataclass
 class StreamConfig:
     name: str = "demo"
     tasks: Optional[list[str]] = None  # a custom order instead of a published one
-    missing: Optional[str] = None  # override the stream's policy for tasks without data: error | skip
+    missing: Optional[str] = None  # override the stream's policy for tasks without data: one of MISSING_POLICIES
 
     def __post_init__(self):
         # names only (task_streams' YAML files), so that a typo fails before the data and the model load
@@ -44,14 +82,45 @@ class StreamConfig:
                                 f"{unknown[0] if unknown else self.tasks!r}; known: {', '.join(available_tasks())}")
         if self.missing is not None and self.missing not in MISSING_POLICIES:
             problems.append(f"stream.missing must be one of {'|'.join(MISSING_POLICIES)} or null, got {self.missing!r}")
-        if problems:
-            raise ClbenchError("; ".join(problems))
+        raise_problems(problems)
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "both"  # one of EVAL_MODES
+    batch_size: int = 16
+    normalize: bool = False  # loglik: rank by mean instead of summed answer log-probability
+    max_new_tokens: int = PAPERS_MAX_NEW_TOKENS  # generate: a row stops earlier at EOS
+    general_passages: int = 16  # general-ability perplexity passages (0 = off)
+    general_tokens: int = 128
+
+    def __post_init__(self):
+        raise_problems([
+            one_of("eval.mode", self.mode, EVAL_MODES),
+            at_least("eval.batch_size", self.batch_size, 1),
+            at_least("eval.max_new_tokens", self.max_new_tokens, 1),
+            at_least("eval.general_passages", self.general_passages, 0),
+            at_least("eval.general_tokens", self.general_tokens, 2),
+        ])
+
+    @property
+    def generates(self) -> bool:
+        return self.mode in ("both", "generate")
+
+    @property
+    def ranks_labels(self) -> bool:
+        return self.mode in ("both", "loglik")
+
+    @property
+    def primary(self) -> str:
+        """The scores a record's `matrix` and `metrics` hold: generation when computed (the papers' mode)."""
+        return "generate" if self.generates else "loglik"
 
 
 @dataclass
 class TrainerConfig:
-    device: str = "auto"  # auto | cpu | cuda
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate)
+    device: str = "auto"  # one of DEVICES
+    mixed_precision: str = "no"  # one of MIXED_PRECISION
     batch_size: int = 8
     grad_accum: int = 1
     epochs: int = 1
@@ -66,13 +135,35 @@ class TrainerConfig:
     max_steps_per_task: int = 0  # 0 = no cap (debugging aid; recorded)
     gradient_checkpointing: bool = False  # recompute each decoder layer in backward: less memory, ~1.3x the time
 
+    def __post_init__(self):
+        lr_ok = isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0
+        raise_problems([
+            at_least("trainer.batch_size", self.batch_size, 1),
+            at_least("trainer.grad_accum", self.grad_accum, 1),
+            at_least("trainer.epochs", self.epochs, 1),
+            None if lr_ok else f"trainer.lr must be a finite number > 0, got {self.lr}",
+            at_least("trainer.max_prompt_tokens", self.max_prompt_tokens, MIN_PROMPT_TOKENS),
+            at_least("trainer.log_every", self.log_every, 1),  # a step counter is taken modulo it
+            None if 0 <= self.warmup_ratio <= 1 else f"trainer.warmup_ratio must be in [0, 1], got {self.warmup_ratio}",
+            at_least("trainer.weight_decay", self.weight_decay, 0),
+            at_least("trainer.max_grad_norm", self.max_grad_norm, 0),
+            at_least("trainer.max_steps_per_task", self.max_steps_per_task, 0),
+            at_least("trainer.num_threads", self.num_threads, 0),
+            *(at_least(f"trainer.epochs_per_task.{task}", n, 1) for task, n in (self.epochs_per_task or {}).items()),
+            one_of("trainer.device", self.device, DEVICES),
+            one_of("trainer.mixed_precision", self.mixed_precision, MIXED_PRECISION),
+        ])
+
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"  # none | wandb
+    name: str = "none"  # one of LOGGERS
     project: str = "clbench"
     mode: str = "offline"  # wandb mode: offline by default, online only when asked
     dir: Optional[str] = None
+
+    def __post_init__(self):
+        raise_problems([one_of("logger.name", self.name, LOGGERS)])
 
 
 @dataclass
@@ -80,7 +171,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "seq_lora"})
+    strategy: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_STRATEGY})
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -92,19 +183,20 @@ class RunConfig:
     tag: str = ""
 
 
+# the default strategy of a run, and so the leaderboard's default baseline
+DEFAULT_STRATEGY = "seq_lora"
+
+
 def strategy_defaults() -> dict[str, dict[str, Any]]:
     """{strategy name: {'name': ..., every field of its config dataclass at its default}} for every registered
     strategy whose config has defaults for all fields (compose has none: its parts are its whole content)."""
-    import strategies  # noqa: F401  (registers the built-in strategies)
-    from strategies.base import _REGISTRY, StrategyConfigError
+    from strategies.base import defaults_of, registered
 
     out = {}
-    for name, (config_cls, _) in sorted(_REGISTRY.items()):
-        try:
-            default = config_cls()
-        except (StrategyConfigError, TypeError):
-            continue
-        out[name] = {"name": name, **dataclasses.asdict(default)}
+    for name in registered():
+        default = defaults_of(name)
+        if default is not None:
+            out[name] = default
     return out
 
 
@@ -134,3 +226,10 @@ def compose(overrides: list[str] | None = None, conf_dir: str | None = None) -> 
     with initialize_config_dir(config_dir=conf_dir, version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides or []))
     return OmegaConf.to_object(cfg)
+
+
+def config_dict(cfg: RunConfig | dict) -> dict:
+    """The run's configuration as plain JSON-able data (what the record stores and the identity hashes)."""
+    from omegaconf import OmegaConf
+
+    return cfg if isinstance(cfg, dict) else OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

@@ -7,7 +7,7 @@ is loaded by naming its module in the YAML (`module: my_pkg.my_strategy`); see R
 import importlib
 import pkgutil
 
-from strategies.base import Hooks, LoraSettings, Strategy, build, register, register_variant, registered  # noqa: F401
+from strategies.base import Hooks, LoraSettings, OptionError, Strategy, build, register, registered  # noqa: F401
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")

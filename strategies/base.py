@@ -1,6 +1,6 @@
 """The strategy interface: a config dataclass, a class with hook methods, and a registry entry.
 
-The training loop (benchmark/runner.py) calls these hooks and never branches on a strategy's name:
+The training loop (benchmark/runner/) calls these hooks and never branches on a strategy's name:
 
     prepare_model      once, before anything else: add adapters, freeze weights, register forward hooks
     refuse             names a set-up the strategy cannot run correctly (engine, precision), checked at start
@@ -21,32 +21,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator, Protocol
 
 import torch
 
-from benchmark.errors import ClbenchError
+from benchmark.api import ClbenchError, RunContext
 
 
 class Strategy(Protocol):
     name: ClassVar[str]
     needs_hidden_states: bool
+    holds_parameter_refs: bool
 
     def refuse(self, engine: str, mixed_precision: str) -> str | None: ...
-    def prepare_model(self, model, ctx): ...
+    def prepare_model(self, model, ctx: RunContext): ...
     def stages(self, tasks: list) -> list[list]: ...
-    def before_stage(self, ctx) -> None: ...
-    def train_items(self, ctx, items: list) -> list: ...
-    def train_batch(self, ctx, batch: dict[str, torch.Tensor], items: list) -> dict[str, torch.Tensor]: ...
-    def loss(self, ctx, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
-    def before_optimizer_step(self, ctx) -> None: ...
-    def optimizer_step(self, ctx) -> None: ...
-    def after_optimizer_step(self, ctx) -> None: ...
-    def after_stage(self, ctx) -> None: ...
-    def eval_model(self, ctx) -> contextlib.AbstractContextManager: ...
+    def before_stage(self, ctx: RunContext) -> None: ...
+    def train_items(self, ctx: RunContext, items: list) -> list: ...
+    def train_batch(self, ctx: RunContext, batch: dict[str, torch.Tensor], items: list) -> dict[str, torch.Tensor]: ...
+    def loss(self, ctx: RunContext, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
+    def before_optimizer_step(self, ctx: RunContext) -> None: ...
+    def optimizer_step(self, ctx: RunContext) -> None: ...
+    def after_optimizer_step(self, ctx: RunContext) -> None: ...
+    def after_stage(self, ctx: RunContext) -> None: ...
+    def eval_model(self, ctx: RunContext) -> contextlib.AbstractContextManager: ...
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], ctx) -> None: ...
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], ctx: RunContext) -> None: ...
 
 
 @dataclass
@@ -69,6 +72,9 @@ class Hooks:
     # weights): FSDP may flatten and replace those tensors after `prepare`, so the runner refuses FSDP for them
     holds_parameter_refs = False
 
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg  # the strategy's config dataclass, checked when it was built
+
     def refuse(self, engine: str, mixed_precision: str) -> str | None:
         """Why this strategy cannot run under `engine` (no | multi_cpu | multi_gpu | fsdp | deepspeed | ...)
         and `mixed_precision`, or None. Checked before any model is loaded."""
@@ -76,44 +82,44 @@ class Hooks:
             return "it keeps references to parameters that FSDP flattens after prepare (untested; refused)"
         return None
 
-    def prepare_model(self, model, ctx):
+    def prepare_model(self, model, ctx: RunContext):
         return model
 
     def stages(self, tasks: list) -> list[list]:
         return [[t] for t in tasks]
 
-    def before_stage(self, ctx) -> None:
+    def before_stage(self, ctx: RunContext) -> None:
         pass
 
-    def train_items(self, ctx, items):
+    def train_items(self, ctx: RunContext, items):
         return items
 
-    def train_batch(self, ctx, batch, items):
+    def train_batch(self, ctx: RunContext, batch, items):
         return batch
 
-    def loss(self, ctx, batch, outputs, loss):
+    def loss(self, ctx: RunContext, batch, outputs, loss):
         return loss
 
-    def before_optimizer_step(self, ctx) -> None:
+    def before_optimizer_step(self, ctx: RunContext) -> None:
         pass
 
-    def optimizer_step(self, ctx) -> None:
+    def optimizer_step(self, ctx: RunContext) -> None:
         ctx.optimizer.step()
 
-    def after_optimizer_step(self, ctx) -> None:
+    def after_optimizer_step(self, ctx: RunContext) -> None:
         pass
 
-    def after_stage(self, ctx) -> None:
+    def after_stage(self, ctx: RunContext) -> None:
         pass
 
     @contextlib.contextmanager
-    def eval_model(self, ctx) -> Iterator[None]:
+    def eval_model(self, ctx: RunContext) -> Iterator[None]:
         yield
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {}
 
-    def load_state_dict(self, tensors, meta, ctx) -> None:
+    def load_state_dict(self, tensors, meta, ctx: RunContext) -> None:
         pass
 
 
@@ -121,56 +127,78 @@ class StrategyConfigError(ClbenchError, ValueError):
     pass
 
 
-_REGISTRY: dict[str, tuple[type, Callable[..., Any]]] = {}
+class OptionError(StrategyConfigError):
+    """A bad value of one option, named relative to its config (`lambda1 must be ...`, `buffer.size must be ...`):
+    the builder, which knows where the config sits, prefixes the path (`strategy olora.lambda1 must be ...`)."""
 
 
-def register(name: str, config_cls: type):
-    """Class decorator: `@register("olora", OLoRAConfig)` makes `strategy=olora` available."""
-
-    def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name][1] is not cls:
-            raise StrategyConfigError(f"strategy {name!r} is registered twice")
-        cls.name = name
-        _REGISTRY[name] = (config_cls, cls)
-        return cls
-
-    return wrap
+@dataclass(frozen=True)
+class Registration:
+    config_cls: type
+    factory: Callable[[Any], Any]  # config -> strategy instance (a Hooks class, or a function for a variant)
 
 
-def register_variant(name: str, config_cls: type, factory: Callable[[Any], Any]) -> None:
-    """A registered configuration of another strategy: `factory(config)` returns an instance of that strategy,
-    which runs and is recorded under `name` (IncLoRA is O-LoRA with both lambdas at zero)."""
-    if name in _REGISTRY and _REGISTRY[name][1] is not factory:
+_REGISTRY: dict[str, Registration] = {}
+
+
+def register(name: str, config_cls: type, factory: Callable[[Any], Any] | None = None):
+    """Make `strategy=<name>` available, PEFT's one-call registration: `register("olora", OLoRAConfig, OLoRA)`,
+    or as a class decorator, `@register("olora", OLoRAConfig)`. A factory that is not the class (IncLoRA is O-LoRA
+    with both lambdas at zero) returns an instance of another strategy, which runs and is recorded as `name`."""
+    if factory is None:
+        def wrap(cls):
+            register(name, config_cls, cls)
+            return cls
+
+        return wrap
+    if name in _REGISTRY and _REGISTRY[name].factory is not factory:
         raise StrategyConfigError(f"strategy {name!r} is registered twice")
-    _REGISTRY[name] = (config_cls, factory)
+    if not dataclasses.is_dataclass(config_cls):
+        raise StrategyConfigError(f"strategy {name!r}: its config {config_cls!r} must be a dataclass")
+    _REGISTRY[name] = Registration(config_cls, factory)
+    return factory
 
 
 def registered() -> list[str]:
+    import strategies  # noqa: F401  (registers the built-in strategies)
+
     return sorted(_REGISTRY)
 
 
+def _numeric(tp: Any) -> bool:
+    """int, float, or Optional of either: the annotations whose values must be numbers."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return len(args) == 1 and _numeric(args[0])
+    return tp in (int, float)
+
+
 def _build_dataclass(cls: type, values: dict[str, Any], where: str):
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
+    """`cls(**values)`, checked: unknown keys, and values of the wrong kind for a bool or numeric field (types
+    resolved from the class's annotations, whether or not its module defers them), before the config's own
+    __post_init__; an OptionError it raises is prefixed with `where`, the config's path."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise StrategyConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        raise StrategyConfigError(f"{where}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
     kwargs = {}
     for key, val in values.items():
-        default = names[key].default_factory() if names[key].default_factory is not dataclasses.MISSING else names[key].default
-        if dataclasses.is_dataclass(default) and isinstance(val, dict):
-            val = _build_dataclass(type(default), val, f"{where}.{key}")
-        elif isinstance(default, bool) and not isinstance(val, bool):
+        tp = hints.get(key)
+        if dataclasses.is_dataclass(tp) and isinstance(val, dict):
+            val = _build_dataclass(tp, val, f"{where}.{key}")
+        elif tp is bool and not isinstance(val, bool):
             raise StrategyConfigError(f"{where}.{key}: expected true/false, got {val!r}")
-        elif (isinstance(default, (int, float)) and not isinstance(default, bool) and val is not None
-              and str(names[key].type) in ("int", "float", "Optional[int]", "Optional[float]", "int | None", "float | None")):
-            if not isinstance(val, (int, float)) or isinstance(val, bool):
-                raise StrategyConfigError(f"{where}.{key}: expected a number, got {val!r}")
+        elif _numeric(tp) and val is not None and (not isinstance(val, (int, float)) or isinstance(val, bool)):
+            raise StrategyConfigError(f"{where}.{key}: expected a number, got {val!r}")
         kwargs[key] = val
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except OptionError as e:
+        raise StrategyConfigError(f"{where}.{e}") from None
 
 
-def build(cfg: dict[str, Any]):
-    """A strategy instance from its config mapping: {'name': ..., 'module'?: ..., <fields of its config dataclass>}."""
+def _resolve(cfg: dict[str, Any]) -> tuple[str, Registration, dict[str, Any]]:
     import importlib
 
     import strategies  # noqa: F401  (registers the built-in strategies)
@@ -185,12 +213,45 @@ def build(cfg: dict[str, Any]):
     name = cfg.pop("name", None)
     if name not in _REGISTRY:
         raise StrategyConfigError(f"unknown strategy {name!r}; registered: {', '.join(registered())}")
-    config_cls, make = _REGISTRY[name]
-    strategy = make(_build_dataclass(config_cls, cfg, f"strategy {name}"))
-    if not isinstance(make, type):
+    return name, _REGISTRY[name], cfg
+
+
+def build_config(cfg: dict[str, Any]):
+    """The checked config dataclass of a strategy config mapping {'name': ..., 'module'?: ..., <fields>}."""
+    name, reg, values = _resolve(cfg)
+    return _build_dataclass(reg.config_cls, values, f"strategy {name}")
+
+
+def complete(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The strategy config mapping with every field of its dataclass, at its default where the mapping is silent:
+    what a record stores and hashes, so that a run's identity does not depend on how its YAML was written."""
+    out = {k: cfg[k] for k in ("name", "module") if k in cfg}
+    return {**out, **_plain(build_config(cfg))}
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    # a composition's parts are strategy mappings themselves
+    if isinstance(values.get("parts"), list) and all(isinstance(p, dict) and "name" in p for p in values["parts"]):
+        values["parts"] = [complete(p) for p in values["parts"]]
+    return values
+
+
+def defaults_of(name: str) -> dict[str, Any] | None:
+    """{'name': name, every field at its default}, or None for a strategy whose config has required fields
+    (compose: its parts are its whole content)."""
+    reg = _REGISTRY[name]
+    try:
+        default = reg.config_cls()
+    except (StrategyConfigError, TypeError):
+        return None
+    return {"name": name, **dataclasses.asdict(default)}
+
+
+def build(cfg: dict[str, Any]):
+    """A strategy instance from its config mapping: {'name': ..., 'module'?: ..., <fields of its config dataclass>}."""
+    name, reg, values = _resolve(cfg)
+    strategy = reg.factory(_build_dataclass(reg.config_cls, values, f"strategy {name}"))
+    if not isinstance(reg.factory, type):
         strategy.name = name  # a variant runs as another class but is recorded under its own name
     return strategy
-
-
-def trainable(model) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from strategies.base import Hooks, StrategyConfigError, build, register
+from strategies.base import Hooks, OptionError, StrategyConfigError, build, register
 
 # hooks that take only the context and return nothing: every part is called, in order
 _BROADCAST = ("before_stage", "before_optimizer_step", "after_optimizer_step", "after_stage")
@@ -24,10 +24,10 @@ class ComposeConfig:
     def __post_init__(self):
         # each part's own settings are checked when Compose builds it (strategy <part name>.<key>)
         if not (isinstance(self.parts, list) and len(self.parts) >= 2):
-            raise StrategyConfigError(f"strategy compose.parts must be a list of at least two parts, got {self.parts!r}")
+            raise OptionError(f"parts must be a list of at least two parts, got {self.parts!r}")
         for i, p in enumerate(self.parts):
             if not (isinstance(p, dict) and "name" in p):
-                raise StrategyConfigError(f"strategy compose.parts[{i}] must be a mapping with a name, got {p!r}")
+                raise OptionError(f"parts[{i}] must be a mapping with a name, got {p!r}")
 
 
 def _broadcast(hook: str):

@@ -34,11 +34,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import IGNORE
-from benchmark.model import final_hidden, is_seq2seq, lm_logits_targets
-from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
-from strategies.checks import check_adapter, check_choice, check_lora, check_range
-from strategies.lora import apply_adapter
+from benchmark.api import IGNORE, final_hidden, is_seq2seq, lm_logits_targets, rng_from_json, rng_to_json
+from strategies.base import Hooks, LoraSettings, OptionError, StrategyConfigError, register
+from strategies.common.checks import check_adapter, check_choice, check_lora, check_range
+from strategies.common.lora import apply_adapter
 
 
 LOSSES = ("tm", "ce", "kl", "l1", "l2")
@@ -57,19 +56,19 @@ class GeReConfig:
     temperature: float = 2.0  # kl only
 
     def __post_init__(self):
-        check_adapter(self.adapter, "strategy gere.adapter")
-        check_lora(self.lora, "strategy gere.lora")
-        check_range(self.n_samples, "strategy gere.n_samples", 1, integer=True)
-        check_range(self.max_tokens, "strategy gere.max_tokens", 2, integer=True)  # a next-token loss needs two
-        check_range(self.per_batch, "strategy gere.per_batch", 1, integer=True)
-        check_choice(self.loss, "strategy gere.loss", LOSSES)
+        check_adapter(self.adapter, "adapter")
+        check_lora(self.lora, "lora")
+        check_range(self.n_samples, "n_samples", 1, integer=True)
+        check_range(self.max_tokens, "max_tokens", 2, integer=True)  # a next-token loss needs two
+        check_range(self.per_batch, "per_batch", 1, integer=True)
+        check_choice(self.loss, "loss", LOSSES)
         if self.weight != "dy":
             try:
-                check_range(self.weight, "strategy gere.weight", 0)
-            except StrategyConfigError:
-                raise StrategyConfigError(f"strategy gere.weight must be a number >= 0 or 'dy', got {self.weight!r}") from None
-        check_range(self.sigma, "strategy gere.sigma", 0)  # k of mu +- k*sigma: a negative k swaps pos and neg
-        check_range(self.temperature, "strategy gere.temperature", 0, low_open=True)  # logits are divided by it
+                check_range(self.weight, "weight", 0)
+            except OptionError:
+                raise OptionError(f"weight must be a number >= 0 or 'dy', got {self.weight!r}") from None
+        check_range(self.sigma, "sigma", 0)  # k of mu +- k*sigma: a negative k swaps pos and neg
+        check_range(self.temperature, "temperature", 0, low_open=True)  # logits are divided by it
 
 
 def general_share(n_task_rows: int, n_general_rows: int) -> float:
@@ -111,7 +110,7 @@ class GeRe(Hooks):
     needs_hidden_states = False  # the general batch gets its own forward
 
     def __init__(self, cfg: GeReConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.ref: dict[str, torch.Tensor] | None = None
 
     def prepare_model(self, model, ctx):
@@ -186,11 +185,9 @@ class GeRe(Hooks):
         return gere_objective(loss, ctx.task_ce, gen_ce, term, p, w)
 
     def state_dict(self):
-        st = self.rng.getstate()
         tensors = {f"ref/{k}": v for k, v in (self.ref or {}).items()}
-        return tensors, {"rng": [st[0], list(st[1]), st[2]]}
+        return tensors, {"rng": rng_to_json(self.rng)}
 
     def load_state_dict(self, tensors, meta, ctx) -> None:
         self.ref = {k[len("ref/"):]: v for k, v in tensors.items() if k.startswith("ref/")} or None
-        v, st, g = meta["rng"]
-        self.rng.setstate((v, tuple(st), g))
+        rng_from_json(meta["rng"], self.rng)

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.data import MODEL_INPUTS
-from benchmark.model import hidden_states
+from benchmark.api import MODEL_INPUTS, hidden_states
 from strategies.base import Hooks, LoraSettings, register
-from strategies.buffer import BufferConfig, ReplayBuffer
-from strategies.checks import check_choice, check_lora, check_nested, check_range
-from strategies.lora import adapter_weights, add_lora, activate
+from strategies.common.buffer import BufferConfig, ReplayBuffer
+from strategies.common.checks import check_choice, check_lora, check_nested, check_range
+from strategies.common.lora import adapter_weights, add_lora, activate
 from strategies.replay import mix
 
 FAST, SLOW = "fast", "slow"
@@ -41,15 +40,15 @@ class ILoRAConfig:
     ratio: float = 1.0  # replay batch size / current batch size
 
     def __post_init__(self):
-        check_lora(self.lora, "strategy ilora.lora")
-        check_range(self.ema_lambda, "strategy ilora.ema_lambda", 0, 1)
-        check_range(self.gamma, "strategy ilora.gamma", 0)
-        check_choice(self.consistency, "strategy ilora.consistency", ("mse", "one_sided"))
-        check_choice(self.eval_learner, "strategy ilora.eval_learner", ("slow", "fast"))
-        check_nested(self.buffer, "strategy ilora.buffer", BufferConfig)
+        check_lora(self.lora, "lora")
+        check_range(self.ema_lambda, "ema_lambda", 0, 1)
+        check_range(self.gamma, "gamma", 0)
+        check_choice(self.consistency, "consistency", ("mse", "one_sided"))
+        check_choice(self.eval_learner, "eval_learner", ("slow", "fast"))
+        check_nested(self.buffer, "buffer", BufferConfig)
         # current rows enter the buffer while a task trains, which the fraction policy (finished tasks only) ignores
-        self.buffer.check("strategy ilora.buffer", policies=("reservoir", "per_task"))
-        check_range(self.ratio, "strategy ilora.ratio", 0)
+        self.buffer.check("buffer", policies=("reservoir", "per_task"))
+        check_range(self.ratio, "ratio", 0)
 
 
 def ema_update(slow: dict[str, torch.Tensor], fast: dict[str, torch.Tensor], lam: float) -> None:
@@ -75,9 +74,6 @@ def consistency_loss(fast_h: list[torch.Tensor], slow_h: list[torch.Tensor], mas
 class ILoRA(Hooks):
     needs_hidden_states = True
     holds_parameter_refs = True
-
-    def __init__(self, cfg: ILoRAConfig):
-        self.cfg = cfg
 
     def prepare_model(self, model, ctx):
         self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed, ctx.accelerator.process_index)

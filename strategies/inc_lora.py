@@ -2,8 +2,8 @@
 zero, so it is registered as that configuration of O-LoRA rather than as a class of its own."""
 from dataclasses import dataclass, field
 
-from strategies.base import LoraSettings, register_variant
-from strategies.checks import check_lora
+from strategies.base import LoraSettings, register
+from strategies.common.checks import check_lora
 from strategies.olora import OLoRA, OLoRAConfig
 
 
@@ -12,7 +12,7 @@ class IncLoRAConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self):
-        check_lora(self.lora, "strategy inc_lora.lora")  # before OLoRAConfig would name it olora.lora
+        check_lora(self.lora, "lora")
 
 
-register_variant("inc_lora", IncLoRAConfig, lambda cfg: OLoRA(OLoRAConfig(lora=cfg.lora, lambda1=0.0, lambda2=0.0)))
+register("inc_lora", IncLoRAConfig, lambda cfg: OLoRA(OLoRAConfig(lora=cfg.lora, lambda1=0.0, lambda2=0.0)))

@@ -20,26 +20,24 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.model import is_seq2seq, replaying_checkpointed_forward
-from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
-from strategies.checks import check_lora
-from strategies.lora import apply_adapter, lora_layers
+from benchmark.api import base_model, is_seq2seq, replaying_checkpointed_forward
+from strategies.base import Hooks, LoraSettings, register
+from strategies.common.checks import check_adapter, check_lora, check_range
+from strategies.common.lora import apply_adapter, lora_layers
 
 
 @dataclass
 class MIGUConfig:
-    adapter: str = "lora"  # lora | full | none
+    adapter: str = "lora"  # one of strategies.common.checks.ADAPTERS
     lora: LoraSettings = field(default_factory=LoraSettings)
     threshold: float = 0.7  # T: the fraction of output units whose gradient is masked
     mask_optimizer: bool = True
     mask_first_task: bool = False
 
     def __post_init__(self):
-        if not 0.0 <= self.threshold < 1.0:
-            raise StrategyConfigError(f"strategy migu.threshold must be in [0, 1), got {self.threshold}")
-        if self.adapter not in ("lora", "full", "none"):
-            raise StrategyConfigError(f"strategy migu.adapter must be lora, full or none, got {self.adapter!r}")
-        check_lora(self.lora, "strategy migu.lora")
+        check_range(self.threshold, "threshold", 0, 1, high_open=True)
+        check_adapter(self.adapter, "adapter")
+        check_lora(self.lora, "lora")
 
 
 def unit_mask(magnitude: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -84,7 +82,7 @@ class MIGU(Hooks):
     holds_parameter_refs = True
 
     def __init__(self, cfg: MIGUConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.tracked: list[_Tracked] = []
         self.collecting = False
         self.stats: dict[str, float] = {}
@@ -113,7 +111,7 @@ class MIGU(Hooks):
         outputs MIGU ranks (each stack runs whole before the next)."""
         for h in self._mask_hooks:
             h.remove()
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = base_model(model)
         stacks = [base.get_encoder()] if is_seq2seq(base) else []
         stacks.append(base.get_decoder() if hasattr(base, "get_decoder") else base)
         self._mask_hooks = [st.register_forward_pre_hook(self._capture_mask, with_kwargs=True) for st in stacks]

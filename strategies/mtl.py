@@ -6,8 +6,8 @@ forgetting are reported as null.
 from dataclasses import dataclass, field
 
 from strategies.base import Hooks, LoraSettings, register
-from strategies.checks import check_adapter, check_lora
-from strategies.lora import apply_adapter
+from strategies.common.checks import check_adapter, check_lora
+from strategies.common.lora import apply_adapter
 
 
 @dataclass
@@ -17,15 +17,12 @@ class MTLConfig:
 
     def __post_init__(self):
         # none would leave nothing to train: MTL owns the stage plan, so it is always the part that owns the model
-        check_adapter(self.adapter, "strategy mtl.adapter", ("lora", "full"))
-        check_lora(self.lora, "strategy mtl.lora")
+        check_adapter(self.adapter, "adapter", ("lora", "full"))
+        check_lora(self.lora, "lora")
 
 
 @register("mtl", MTLConfig)
 class MTL(Hooks):
-    def __init__(self, cfg: MTLConfig):
-        self.cfg = cfg
-
     def prepare_model(self, model, ctx):
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from strategies.base import Hooks, LoraSettings, register
-from strategies.checks import check_lora, check_per_task, check_range
-from strategies.lora import activate, add_lora, lora_layers
+from strategies.common.checks import check_lora, check_per_task, check_range
+from strategies.common.lora import activate, add_lora, lora_layers
 
 
 @dataclass
@@ -32,11 +32,11 @@ class OLoRAConfig:
     lambda2_per_task: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
-        check_lora(self.lora, "strategy olora.lora")
-        check_range(self.lambda1, "strategy olora.lambda1", 0)
-        check_range(self.lambda2, "strategy olora.lambda2", 0)
-        check_per_task(self.lambda1_per_task, "strategy olora.lambda1_per_task")
-        check_per_task(self.lambda2_per_task, "strategy olora.lambda2_per_task")
+        check_lora(self.lora, "lora")
+        check_range(self.lambda1, "lambda1", 0)
+        check_range(self.lambda2, "lambda2", 0)
+        check_per_task(self.lambda1_per_task, "lambda1_per_task")
+        check_per_task(self.lambda2_per_task, "lambda2_per_task")
 
 
 def orthogonality_loss(old_A: list[torch.Tensor], new_A: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ class OLoRA(Hooks):
     holds_parameter_refs = True
 
     def __init__(self, cfg: OLoRAConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.n_adapters = 0
 
     def prepare_model(self, model, ctx):

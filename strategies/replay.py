@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark.data import concat_batches
-from strategies.base import Hooks, LoraSettings, StrategyConfigError, register
-from strategies.buffer import BufferConfig, ReplayBuffer
-from strategies.checks import check_adapter, check_choice, check_lora, check_nested, check_range
-from strategies.lora import apply_adapter
+from benchmark.api import concat_batches
+from strategies.base import Hooks, LoraSettings, OptionError, register
+from strategies.common.buffer import BufferConfig, ReplayBuffer
+from strategies.common.checks import check_adapter, check_choice, check_lora, check_nested, check_range
+from strategies.common.lora import apply_adapter
 
 MODES = ("mix", "interleave")
 
@@ -38,18 +38,17 @@ class ReplayConfig:
     include_current: bool = False  # interleave: the current task's rows enter the buffer while it trains
 
     def __post_init__(self):
-        check_choice(self.mode, "strategy replay.mode", MODES)
-        check_adapter(self.adapter, "strategy replay.adapter")
-        check_lora(self.lora, "strategy replay.lora")
-        check_nested(self.buffer, "strategy replay.buffer", BufferConfig)
-        self.buffer.check("strategy replay.buffer")
-        check_range(self.ratio, "strategy replay.ratio", 0)
+        check_choice(self.mode, "mode", MODES)
+        check_adapter(self.adapter, "adapter")
+        check_lora(self.lora, "lora")
+        check_nested(self.buffer, "buffer", BufferConfig)
+        self.buffer.check("buffer")
+        check_range(self.ratio, "ratio", 0)
         if self.mode == "mix" and self.include_current:
-            raise StrategyConfigError("strategy replay.include_current applies to mode interleave only")
+            raise OptionError("include_current applies to mode interleave only")
         if self.include_current and self.buffer.policy == "fraction":
             # the fraction policy stores a finished task's examples only: rows offered while training are dropped
-            raise StrategyConfigError("strategy replay.include_current needs buffer.policy reservoir or per_task, "
-                                      "not fraction")
+            raise OptionError("include_current needs buffer.policy reservoir or per_task, not fraction")
 
 
 def replay_count(ratio: float, n_current: int, u: float) -> int:
@@ -77,7 +76,7 @@ def mix(ctx, batch, buffer: ReplayBuffer, ratio: float):
 @register("replay", ReplayConfig)
 class Replay(Hooks):
     def __init__(self, cfg: ReplayConfig):
-        self.cfg = cfg
+        super().__init__(cfg)
         self.buffer: ReplayBuffer | None = None
 
     def prepare_model(self, model, ctx):

@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 from strategies.base import Hooks, register
-from strategies.lora import full_finetune
+from strategies.common.lora import full_finetune
 
 
 @dataclass
@@ -12,8 +12,5 @@ class SeqFTConfig:
 
 @register("seq_ft", SeqFTConfig)
 class SeqFT(Hooks):
-    def __init__(self, cfg: SeqFTConfig):
-        self.cfg = cfg
-
     def prepare_model(self, model, ctx):
         return full_finetune(model)

@@ -2,8 +2,8 @@
 from dataclasses import dataclass, field
 
 from strategies.base import Hooks, LoraSettings, register
-from strategies.checks import check_lora
-from strategies.lora import add_lora
+from strategies.common.checks import check_lora
+from strategies.common.lora import add_lora
 
 
 @dataclass
@@ -11,13 +11,10 @@ class SeqLoRAConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self):
-        check_lora(self.lora, "strategy seq_lora.lora")
+        check_lora(self.lora, "lora")
 
 
 @register("seq_lora", SeqLoRAConfig)
 class SeqLoRA(Hooks):
-    def __init__(self, cfg: SeqLoRAConfig):
-        self.cfg = cfg
-
     def prepare_model(self, model, ctx):
         return add_lora(model, self.cfg.lora, "default")

@@ -24,6 +24,7 @@ DATA_HINT = (
 
 
 CHAT_TEMPLATE_MODES = ("auto", "on", "off")
+MISSING_POLICIES = ("error", "skip")  # what a stream does with a task that has no data in the release
 
 
 class TaskDataError(ClbenchError, ValueError):
@@ -323,8 +324,8 @@ def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | Non
         spec = {"tasks": list(tasks), "missing": "error"}
         name = "custom:" + "+".join(tasks)
     missing = missing or spec.get("missing", "error")
-    if missing not in ("error", "skip"):
-        raise TaskDataError(f"stream {name!r}: missing must be 'error' or 'skip', got {missing!r}")
+    if missing not in MISSING_POLICIES:
+        raise TaskDataError(f"stream {name!r}: missing must be one of {'|'.join(MISSING_POLICIES)}, got {missing!r}")
     files = _Files(cfg)
     loaded, skipped = [], []
     for t in spec["tasks"]:

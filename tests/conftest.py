@@ -26,7 +26,7 @@ TINY_RUN = ["model=tiny", "data.train_per_class=4", "data.test_per_class=2", "ev
 @pytest.fixture
 def tiny_run(tmp_path):
     """Run the real runner on the tiny model and a 3-task real stream; returns the loaded record."""
-    from benchmark.records import load_record
+    from benchmark.records.store import load_record
     from benchmark.runner import run
 
     def go(*overrides: str, results: Path | None = None, strategy=None):
@@ -49,7 +49,7 @@ def two_task_run(tmp_path_factory):
     beside it; shared by the tests that read records, since it takes a few seconds."""
     import json
 
-    from benchmark import runner
+    from benchmark.runner import recipe as runner
 
     out = tmp_path_factory.mktemp("two_task_run")
     cfg = compose_cfg(["model=tiny", f"results_dir={out}", "stream.tasks=[dbpedia,agnews]", "data.train_per_class=2",

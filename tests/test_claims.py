@@ -2,7 +2,8 @@
 verdict computed from intervals and paired tests, never typed."""
 import pytest
 
-from benchmark import claims, leaderboard
+from benchmark.leaderboard import board as leaderboard
+from benchmark.leaderboard import claims
 from tests.test_leaderboard_stats import BASE, BETTER, NOISE, _record, _write
 
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from benchmark.config import LoggerConfig, RunConfig, StreamConfig, TrainerConfig, compose, register_configs
-from benchmark.evaluation import EvalConfig
-from benchmark.model import ModelConfig
+from benchmark.modeling.scoring import EvalConfig
+from benchmark.modeling.model import ModelConfig
 from strategies.base import _REGISTRY, LoraSettings, build
 from task_streams import DataConfig, available_streams
 
@@ -54,7 +54,7 @@ def restated(stated: dict, default, where: str, merged: bool = True, skip: tuple
 
 
 def _strategy_config(name: str):
-    return _REGISTRY[name][0]()
+    return _REGISTRY[name].config_cls()
 
 
 def _check_strategy_node(node: dict, where: str) -> list[str]:
@@ -91,9 +91,9 @@ def test_a_strategy_option_composes_builds_and_states_only_what_differs(option):
     if node["name"] != "compose":
         # every key at the dataclass default unless stated: `strategy.<key>=v` finds the key, records list it
         assert stated["defaults"] == [f"/strategy_defaults/{node['name']}@{'strategy' if is_global else '_here_'}"]
-        fields = {f.name for f in dataclasses.fields(_REGISTRY[node["name"]][0])}
+        fields = {f.name for f in dataclasses.fields(_REGISTRY[node["name"]].config_cls)}
         assert set(cfg.strategy) == {"name"} | fields
-        expected = _REGISTRY[node["name"]][0](**_built(node))
+        expected = _REGISTRY[node["name"]].config_cls(**_built(node))
         assert cfg.strategy == {"name": node["name"], **dataclasses.asdict(expected)}
     assert strategy.name == (node["name"] if node["name"] != "compose" else "+".join(p["name"] for p in node["parts"]))
 

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from benchmark.data import Encoded, Encoder, collate_train
+from benchmark.modeling.data import Encoded, Encoder, collate_train
 from benchmark.errors import ClbenchError
-from benchmark.evaluation import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
+from benchmark.modeling.scoring import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
                                   loglik_scores_pairs, normalize_answer, nll_sum)
-from benchmark.model import tiny_model
+from benchmark.modeling.model import tiny_model
 from task_streams import DataConfig, load_task
 
 

@@ -24,8 +24,8 @@ def _env():
 
 @pytest.mark.slow
 def test_real_smollm2_answers_sensibly_and_one_lora_step_changes_only_lora():
-    from benchmark.model import ModelConfig, load_model
-    from strategies.lora import add_lora
+    from benchmark.modeling.model import ModelConfig, load_model
+    from strategies.common.lora import add_lora
     from strategies.base import LoraSettings
 
     model, tok, info = load_model(ModelConfig())
@@ -160,7 +160,8 @@ def _browser_page():
 
 @pytest.mark.browser
 def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
-    from benchmark import leaderboard, records
+    from benchmark.leaderboard import board as leaderboard
+    from benchmark.records import store as records
     from tests.test_records_leaderboard import _rec
 
     runs = tmp_path / "runs"
@@ -205,7 +206,7 @@ def test_cold_and_warm_model_cache_give_identical_records(tmp_path):
 @pytest.mark.browser
 def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
     """The forgetting anatomy of a real (tiny) run: one stacked bar per evaluation, drawn with visible height."""
-    from benchmark import leaderboard
+    from benchmark.leaderboard import board as leaderboard
 
     path, rec = two_task_run
     runs = tmp_path / "runs"

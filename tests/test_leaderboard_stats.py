@@ -1,4 +1,4 @@
-"""benchmark.stats (t distribution, intervals, paired test, bootstrap) and the leaderboard built on it:
+"""benchmark.records.stats (t distribution, intervals, paired test, bootstrap) and the leaderboard built on it:
 uncertainty, paired comparisons with the baseline, readable rows, and records that must not break the board."""
 import csv
 import io
@@ -9,8 +9,10 @@ import statistics
 
 import pytest
 
-from benchmark import leaderboard, records, stats
-from benchmark.metrics import all_metrics
+from benchmark.leaderboard import board as leaderboard
+from benchmark.records import stats
+from benchmark.records import store as records
+from benchmark.records.metrics import all_metrics
 
 # ---------------------------------------------------------------- stats
 

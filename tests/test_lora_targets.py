@@ -4,9 +4,9 @@ type and what would match."""
 import pytest
 from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
-from benchmark.model import tiny_model
+from benchmark.modeling.model import tiny_model
 from strategies.base import LoraSettings, StrategyConfigError, build
-from strategies.lora import add_lora, lora_layers, resolve_targets
+from strategies.common.lora import add_lora, lora_layers, resolve_targets
 
 
 def _gpt2():
@@ -51,7 +51,7 @@ def test_auto_is_an_accepted_value_and_an_override_wins():
 def test_auto_targets_keep_the_config_hash_of_the_earlier_default():
     """[auto] became the default after records with [q_proj, v_proj] were published; it picks exactly those wherever
     they exist, so the two are one identity, while other target lists stay distinct (composed parts included)."""
-    from benchmark.records import config_hash
+    from benchmark.records.store import config_hash
 
     def cfg(targets, composed=False):
         part = {"name": "olora", "lora": {"r": 8, "target_modules": targets}}

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from benchmark import metrics as M
+from benchmark.records import metrics as M
 
 # rows: zero-shot, after task 1, 2, 3; columns: tasks 1..3
 R = [

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from benchmark import model as model_mod
+from benchmark.modeling import model as model_mod
 from benchmark.errors import ClbenchError
-from benchmark.model import ModelConfig, load_model, tiny_model
+from benchmark.modeling.model import ModelConfig, load_model, tiny_model
 
 
 def _rng_state():

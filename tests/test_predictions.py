@@ -6,11 +6,12 @@ import shutil
 import pytest
 import torch
 
-from benchmark import leaderboard, predictions
-from benchmark.data import Encoder, collate_train, use_chat_template
+from benchmark.leaderboard import board as leaderboard
+from benchmark.records import predictions
+from benchmark.modeling.data import Encoder, collate_train, use_chat_template
 from benchmark.errors import ClbenchError
-from benchmark.evaluation import EvalConfig, generate_predictions, loglik_scores, score_examples
-from benchmark.model import byte_tokenizer, tiny_model
+from benchmark.modeling.scoring import EvalConfig, generate_predictions, loglik_scores, score_examples
+from benchmark.modeling.model import byte_tokenizer, tiny_model
 from task_streams import DataConfig, load_task
 
 CHATML = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark import record_schema, records
+from benchmark.records import schema as record_schema
+from benchmark.records import store as records
 from benchmark.config import compose
 from task_streams import registry
 
@@ -110,7 +111,7 @@ def test_version_1_leaves_the_hash_of_existing_records_unchanged():
 
 
 def test_a_composed_config_has_the_hash_it_had_before_versions(tmp_path, monkeypatch):
-    from benchmark.runner import config_dict
+    from benchmark.config import config_dict
 
     cfg = config_dict(compose(["stream=standard_order1"]))
     plain = records.config_hash(cfg, task_versions={})  # as computed before task versions existed

@@ -1,16 +1,15 @@
-import copy
 import json
-import os
 import threading
 
 import pytest
 
-from benchmark import leaderboard, records
+from benchmark.leaderboard import board as leaderboard
+from benchmark.records import store as records
 
 
 def _rec(strategy="seq_lora", seed=1, aa_last=(50.0, 60.0), chash="abc", run_id=None):
     R = [[10.0, 20.0], [70.0, 25.0], list(aa_last)]
-    from benchmark.metrics import all_metrics
+    from benchmark.records.metrics import all_metrics
 
     return {"schema": records.SCHEMA, "run_id": run_id or f"{strategy}-{seed}-{chash}", "config": {"seed": seed}, "seed": seed,
             "config_hash": chash, "stream": {"name": "demo", "tasks": ["a", "b"], "skipped": []},
@@ -120,7 +119,7 @@ def test_leaderboard_cli_refuses_a_folder_without_valid_records(tmp_path, capsys
 
 
 def test_a_setting_added_later_at_its_default_keeps_the_config_identity():
-    from benchmark.records import config_hash, identity_config
+    from benchmark.records.store import config_hash, identity_config
 
     old = {"seed": 1, "trainer": {"lr": 0.001}, "strategy": {"name": "seq_lora"}}
     new = {"seed": 2, "trainer": {"lr": 0.001, "epochs_per_task": {}}, "strategy": {"name": "seq_lora"}}

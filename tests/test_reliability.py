@@ -15,10 +15,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from benchmark import checkpoint, cli, leaderboard, preflight, records, runner
-from benchmark.checkpoint import Checkpointer
+from benchmark import cli
+from benchmark.leaderboard import board as leaderboard
+from benchmark.records import store as records
+from benchmark.runner import checkpoint, preflight
+from benchmark.runner import recipe as runner
+from benchmark.runner.checkpoint import Checkpointer
 from benchmark.errors import PROGRESS, ClbenchError
-from benchmark.lock import RunLock
+from benchmark.runner.lock import RunLock
 from tests.conftest import ROOT, TINY_RUN, compose_cfg
 from tests.test_records_leaderboard import _rec
 
@@ -30,7 +34,7 @@ def test_every_user_error_class_is_caught_and_no_bare_builtin_is():
     from task_streams.registry import TaskDataError
 
     from benchmark.leaderboard import LeaderboardError
-    from benchmark.runner import TrainingDiverged
+    from benchmark.runner.loop import TrainingDiverged
 
     assert issubclass(records.RecordError, ClbenchError) and issubclass(records.RecordError, ValueError)
     for cls in (TaskDataError, StrategyConfigError, GeneralCorpusError, LeaderboardError, TrainingDiverged):
@@ -148,7 +152,8 @@ def test_sigterm_during_a_run_is_handled_like_ctrl_c(tmp_path, monkeypatch, caps
 
 CHILD_RUN = textwrap.dedent("""
     import sys, time
-    from benchmark import cli, runner
+    from benchmark import cli
+    from benchmark.runner import recipe as runner
     from benchmark.errors import PROGRESS
 
     def slow_run(cfg):
@@ -370,7 +375,7 @@ def test_restoring_a_foreign_checkpoint_names_the_parameter(tmp_path):
 LOCK_HOLDER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from benchmark.lock import RunLock
+    from benchmark.runner.lock import RunLock
 
     with RunLock(Path(sys.argv[1]), key="abc123-s1"):
         print("locked", flush=True)
@@ -528,7 +533,7 @@ def test_runner_checks_the_config_before_loading_anything(tmp_path, monkeypatch)
 def test_runner_refuses_a_second_process_on_the_same_run(tmp_path):
     _wired("RunLock")
     cfg = compose_cfg(TINY_RUN + [f"results_dir={tmp_path}"])
-    key = f"{records.config_hash(runner.config_dict(cfg))}-s{cfg.seed}"
+    key = f"{records.config_hash(runner.resolved_config(cfg))}-s{cfg.seed}"
     p = _holder(tmp_path / "checkpoints" / key)
     try:
         with pytest.raises(ClbenchError, match=f"run {key} is already running in process {p.pid}"):

@@ -6,10 +6,11 @@ import sys
 import pytest
 import torch
 
-from benchmark import runner
-from benchmark.data import Encoder, collate_train
-from benchmark.model import tiny_model
-from tests.conftest import CONF, ROOT, TINY_RUN, compose_cfg
+from benchmark.runner import loop
+from benchmark.runner import recipe as runner
+from benchmark.modeling.data import Encoder, collate_train
+from benchmark.modeling.model import tiny_model
+from tests.conftest import CONF, ROOT, TINY_RUN
 
 RESULT_KEYS = ("matrix", "metrics", "stream")
 
@@ -68,7 +69,7 @@ def test_interrupted_run_resumes_after_the_last_finished_task_with_the_same_reco
 def test_right_padded_batch_gives_the_token_weighted_loss_of_its_rows():
     model, tok = tiny_model()
     model.eval()
-    from benchmark.data import Encoded
+    from benchmark.modeling.data import Encoded
 
     short = Encoded(tuple(range(5, 12)), (20, 21, tok.eos_token_id), 0, "t")
     long_ = Encoded(tuple(range(5, 30)), (22, tok.eos_token_id), 1, "t")
@@ -82,8 +83,8 @@ def test_right_padded_batch_gives_the_token_weighted_loss_of_its_rows():
             return (model or self.train_model)(**b, **kw)
 
     ctx = Ctx()
-    both, _ = runner.answer_loss(ctx, collate_train([short, long_], tok.pad_token_id), False)
-    alone = [runner.answer_loss(ctx, collate_train([x], tok.pad_token_id), False)[0] for x in (short, long_)]
+    both, _ = loop.answer_loss(ctx, collate_train([short, long_], tok.pad_token_id), False)
+    alone = [loop.answer_loss(ctx, collate_train([x], tok.pad_token_id), False)[0] for x in (short, long_)]
     # token-weighted mean over the 3 + 2 answer tokens
     assert both.item() == pytest.approx((3 * alone[0].item() + 2 * alone[1].item()) / 5, rel=1e-5)
     batch = collate_train([short, long_], tok.pad_token_id)
@@ -94,7 +95,7 @@ def test_right_padded_batch_gives_the_token_weighted_loss_of_its_rows():
 
 
 def test_length_bucketing_cuts_padding():
-    from benchmark.data import length_bucketed_batches, padding_share
+    from benchmark.modeling.data import length_bucketed_batches, padding_share
 
     import random
 
@@ -158,7 +159,7 @@ def test_toy_strategy_from_the_tests_folder_registers_and_runs(tiny_run, tmp_pat
     from omegaconf import OmegaConf
 
     from benchmark.config import register_configs
-    from benchmark.records import load_record
+    from benchmark.records.store import load_record
     from strategies.base import build
 
     register_configs()

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from benchmark import runner
-from benchmark.model import replaying_checkpointed_forward
+from benchmark.runner import recipe as runner
+from benchmark.modeling.model import replaying_checkpointed_forward
 from strategies import registered
 from strategies.base import build
 from tests.conftest import CONF, ROOT, TINY_RUN, compose_cfg
@@ -55,7 +55,7 @@ def _spied_run(yaml_name: str, results: Path, *extra: str) -> dict:
         before_stage(ctx)
 
     s.loss, s.before_stage = spy_loss, spy_before_task
-    from benchmark.records import load_record
+    from benchmark.records.store import load_record
 
     rec = load_record(runner.run(cfg, s))
     weights = {n: p.detach().float().clone() for n, p in seen.pop("ctx").model.named_parameters()}
@@ -111,7 +111,7 @@ def _acc(kind: str, device: str = "cpu"):
 def test_a_sharding_engine_that_accelerate_cannot_honour_is_refused(monkeypatch):
     """accelerate launch with an FSDP config on the CPU starts its processes as MULTI_CPU (DDP) without a word; the run
     refuses instead of recording DDP numbers as FSDP ones. DeepSpeed is refused however accelerate resolved it."""
-    from benchmark.runner import check_engine
+    from benchmark.runner.engines import check_engine
     from strategies.base import StrategyConfigError
 
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
@@ -181,7 +181,7 @@ def test_submitit_tasks_become_torch_distributed_processes(monkeypatch):
     """Task 9 of a 2-node x 8-task submitit job: rank 9 of 16, local rank 1, the job's first node as master."""
     import os
 
-    from benchmark.runner import export_submitit_distributed
+    from benchmark.runner.engines import export_submitit_distributed
 
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES", "LOCAL_WORLD_SIZE"):
         monkeypatch.setenv(k, "")  # recorded, so that the values exported below are removed after the test

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import predictions
-from benchmark.data import Encoder, lm_split
+from benchmark.records import predictions
+from benchmark.modeling.data import Encoder, lm_split
 from benchmark.errors import ClbenchError
-from benchmark.evaluation import EvalConfig, nll_sum, score_examples
-from benchmark.model import tiny_t5
-from benchmark.records import load_record
-from benchmark.runner import run
+from benchmark.modeling.scoring import EvalConfig, nll_sum, score_examples
+from benchmark.modeling.model import tiny_t5
+from benchmark.records.store import load_record
+from benchmark.runner.recipe import run
 from strategies.base import LoraSettings
-from strategies.lora import add_lora
+from strategies.common.lora import add_lora
 from strategies.migu import MIGU, MIGUConfig, _Tracked
 from task_streams import DataConfig, load_task
 from tests.conftest import CONF, TINY_RUN, compose_cfg
@@ -167,7 +167,7 @@ def test_every_strategy_runs_on_tiny_t5(yaml_name, tmp_path):
 
 def test_a_t5_folder_loads_as_an_encoder_decoder_model(tmp_path):
     """model.name=<local folder> (how a user with T5-large's weights runs it) picks AutoModelForSeq2SeqLM."""
-    from benchmark.model import ModelConfig, decoder_start, load_model
+    from benchmark.modeling.model import ModelConfig, decoder_start, load_model
 
     model, tok = tiny_t5(seed=1)
     model.save_pretrained(tmp_path)

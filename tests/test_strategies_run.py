@@ -97,7 +97,7 @@ def test_inc_lora_and_olora_freeze_earlier_adapters(tiny_run):
         snaps, logs = {}, []
 
         def after_stage(ctx, _orig=s.after_stage):
-            from strategies.lora import adapter_weights
+            from strategies.common.lora import adapter_weights
 
             snaps[ctx.stage] = {k: v.detach().clone() for k, v in adapter_weights(ctx.model, f"task{ctx.stage}").items()}
             logs.append((ctx.stage, {k: float(v) for k, v in ctx.logs.items()}))
@@ -114,7 +114,7 @@ def test_inc_lora_and_olora_freeze_earlier_adapters(tiny_run):
         s.before_stage = before_stage
         tiny_run(f"strategy={name}", strategy=s)
         model = holder["ctx"].model
-        from strategies.lora import adapter_weights
+        from strategies.common.lora import adapter_weights
 
         assert s.n_adapters == 3
         for stage in (1, 2):
@@ -213,7 +213,7 @@ def test_every_row_and_gere_reference_use_the_training_precision(tiny_run, monke
     """bf16 autocast on CPU: the zero-shot row, later rows and GeRe's reference states all run under it."""
     from accelerate.state import AcceleratorState
 
-    from benchmark import evaluation
+    from benchmark.modeling import scoring as evaluation
 
     # accelerate keeps one precision per process; earlier tests in this process set "no" (accelerate's own tests
     # reset it the same way)

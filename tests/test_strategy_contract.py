@@ -15,8 +15,8 @@ import torch
 import yaml
 from peft import PeftModel
 
-from benchmark import runner
-from benchmark.records import load_record
+from benchmark.runner import loop, recipe as runner
+from benchmark.records.store import load_record
 from strategies import registered
 from strategies.base import build
 from tests.conftest import CONF, TINY_RUN, compose_cfg
@@ -155,7 +155,7 @@ def test_accumulation_steps_every_stage_remainder_and_leaves_no_gradient(name, y
 @pytest.mark.parametrize("name,yaml_name", CASES)
 def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
     """Every adapter active at evaluation changes the scores when zeroed; per-task adapters are all active."""
-    from strategies.lora import lora_layers
+    from strategies.common.lora import lora_layers
 
     if yaml_name == "<missing>":
         pytest.fail(f"no YAML for {name}")
@@ -186,9 +186,9 @@ def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
 
 def test_batch_b_times_accumulation_k_trains_like_batch_kb(tmp_path, monkeypatch):
     """Token-weighted accumulation: 4 micro-batches of 2 rows (k = 2) give the weights of 2 batches of 4 rows."""
-    from strategies.lora import adapter_weights
+    from strategies.common.lora import adapter_weights
 
-    real = runner._stage_batches
+    real = loop.stage_batches
 
     def fixed(items, cfg, stage, epoch, world, rank):
         rows = real(items, cfg, stage, epoch, world, rank)
@@ -200,7 +200,7 @@ def test_batch_b_times_accumulation_k_trains_like_batch_kb(tmp_path, monkeypatch
         size = cfg.trainer.batch_size
         return [flat[i : i + size] for i in range(0, len(flat), size)]
 
-    monkeypatch.setattr(runner, "_stage_batches", fixed)
+    monkeypatch.setattr(loop, "stage_batches", fixed)
     weights = {}
     for name, over in (("kb", ["trainer.batch_size=4", "trainer.grad_accum=1"]),
                        ("b_k", ["trainer.batch_size=2", "trainer.grad_accum=2"])):

@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-from benchmark.data import Encoded
-from strategies.buffer import BufferConfig, ReplayBuffer
+from benchmark.modeling.data import Encoded
+from strategies.common.buffer import BufferConfig, ReplayBuffer
 from strategies.gere import margin_labels, thresholds, tm_loss
 from strategies.ilora import consistency_loss, ema_update
 from strategies.migu import unit_mask
@@ -195,8 +195,8 @@ def test_replay_count_has_the_right_expectation_and_never_rounds_to_zero():
 
 
 def test_buffer_stores_the_same_rows_on_every_process_but_draws_differ():
-    from benchmark.data import Encoded
-    from strategies.buffer import BufferConfig, ReplayBuffer
+    from benchmark.modeling.data import Encoded
+    from strategies.common.buffer import BufferConfig, ReplayBuffer
 
     items = [Encoded((i,), (1,), 0, "t") for i in range(200)]
     b0, b1 = (ReplayBuffer(BufferConfig(policy="fraction", fraction=0.1), 3, seed=5, rank=r) for r in (0, 1))
@@ -209,7 +209,7 @@ def test_buffer_stores_the_same_rows_on_every_process_but_draws_differ():
 def test_engines_that_would_run_a_strategy_silently_wrong_are_refused():
     from types import SimpleNamespace
 
-    from benchmark.runner import check_engine
+    from benchmark.runner.engines import check_engine
     from strategies.base import StrategyConfigError, build
 
     def acc(kind, mp="no"):
@@ -234,7 +234,7 @@ def test_engines_that_would_run_a_strategy_silently_wrong_are_refused():
 def test_stage_epochs_per_task():
     from types import SimpleNamespace
 
-    from benchmark.runner import accumulation_windows, stage_epochs
+    from benchmark.runner.loop import accumulation_windows, stage_epochs
 
     t = lambda n: SimpleNamespace(name=n)  # noqa: E731
     tcfg = SimpleNamespace(epochs=1, epochs_per_task={"MNLI": 2})
@@ -255,8 +255,8 @@ def test_olora_long_sets_the_scripts_per_task_epochs_and_lambdas():
 def test_gere_draws_different_general_rows_on_each_process():
     from types import SimpleNamespace
 
-    from benchmark.data import Encoder
-    from benchmark.model import tiny_model
+    from benchmark.modeling.data import Encoder
+    from benchmark.modeling.model import tiny_model
     from strategies.base import build
 
     draws = []

@@ -62,8 +62,8 @@ def _nest(option: str, value) -> dict:
 def test_the_table_covers_every_option_of_every_registered_strategy():
     covered = {(s, o) for s, o, _ in BAD + MIGU_LORA}
     # the built-in strategies: a test may have registered a toy one from the tests folder
-    for name in (n for n in registered() if _REGISTRY[n][1].__module__.startswith("strategies.")):
-        cls = _REGISTRY[name][0]
+    for name in (n for n in registered() if _REGISTRY[n].factory.__module__.startswith("strategies.")):
+        cls = _REGISTRY[name].config_cls
         options = {"parts"} if name == "compose" else _options(cls)
         assert options == {o for s, o in covered if s == name}, name
 
@@ -90,7 +90,7 @@ def test_a_composed_strategy_checks_its_parts_with_their_names():
 @pytest.mark.parametrize("name", [n for n in registered() if n != "compose"])
 def test_every_strategy_builds_from_its_defaults_and_accepts_the_boundaries(name):
     build({"name": name})
-    cls = _REGISTRY[name][0]
+    cls = _REGISTRY[name].config_cls
     if "lora" in _options(cls):
         build({"name": name, "lora": {"r": 1, "dropout": 0.0, "target_modules": ["q_proj"]}})
 
@@ -109,7 +109,7 @@ def test_gere_accepts_the_dynamic_weight():
 
 
 def test_a_replay_buffer_made_directly_is_checked_too():
-    from strategies.buffer import BufferConfig, ReplayBuffer
+    from strategies.common.buffer import BufferConfig, ReplayBuffer
 
     with pytest.raises(StrategyConfigError, match=r"^buffer\.size must be an integer >= 1, got 0"):
         ReplayBuffer(BufferConfig(size=0), n_tasks=2, seed=0)

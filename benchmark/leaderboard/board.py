@@ -21,11 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmark import claims as claims_mod
-from benchmark import predictions, stats
+from benchmark.config import DEFAULT_STRATEGY
+from benchmark.leaderboard import claims as claims_mod
+from benchmark.records import predictions, stats
 from benchmark.errors import ClbenchError
-from benchmark.metrics import all_metrics
-from benchmark.records import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record, load_records,
+from benchmark.records.metrics import all_metrics
+from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record, load_records,
                                recorded_task_versions)
 
 QUALITY = [("aa", "AA"), ("bwt", "BWT"), ("fwt", "FWT"), ("forgetting", "Forgetting"), ("ppl_rel_change", "Gen. ppl change")]
@@ -36,7 +37,7 @@ DEFAULT_MODE = "generate"
 COST = [("wall_s", "Wall s"), ("answer_tokens_per_s", "Tok/s"), ("peak_memory_mb", "Peak MB"), ("trainable_params", "Trainable")]
 # the continual-learning metrics compared against the baseline; the Markdown and HTML tables show the first
 PAIRED = ("aa", "bwt", "fwt", "forgetting")
-DEFAULT_BASELINE = "seq_lora"
+DEFAULT_BASELINE = DEFAULT_STRATEGY
 # the keys records.config_hash leaves out: they never change results, so they never set rows apart
 # a paired comparison needs everything equal except the strategy itself
 NOT_COMPARED = BOOKKEEPING + ("strategy",)

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from benchmark import stats
+from benchmark.records import stats
 from benchmark.errors import ClbenchError
 
 METRICS = ("aa", "bwt", "fwt", "forgetting", "ppl_rel_change")

@@ -8,7 +8,6 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +15,12 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from benchmark.config import SMOLLM2, ModelConfig
 from benchmark.errors import ClbenchError
 
-SMOLLM2 = "smollm2-135m"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = "tiny-llama"
 TINY_T5 = "tiny-t5"
-
-
-@dataclass
-class ModelConfig:
-    name: str = SMOLLM2  # "smollm2-135m", "tiny-llama", "tiny-t5", a hub name or a local folder
-    dtype: str = "float32"  # float32 | bfloat16 | float16
-    trust_remote_code: bool = False
-    cache_dir: str | None = None  # where the SmolLM2 safetensors conversion is kept
-    revision: str | None = None
-    tiny: dict = field(default_factory=dict)  # overrides of the tiny config (tests)
 
 
 def cache_root(cfg: ModelConfig) -> Path:
@@ -156,8 +145,14 @@ TINY_BUILDERS = {TINY: (tiny_model, "tiny-llama (random init, built in code)"),
                  TINY_T5: (tiny_t5, "tiny-t5 (random init, built in code)")}
 
 
+def base_model(model):
+    """The transformers model under the DDP (`module`) and PEFT (`get_base_model`) wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def is_seq2seq(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return bool(getattr(getattr(base, "config", None), "is_encoder_decoder", False))
 
 
@@ -165,7 +160,7 @@ def decoder_start(model) -> int | None:
     """The decoder start token of an encoder-decoder model (T5: pad), None for a decoder-only one."""
     if not is_seq2seq(model):
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     start = base.config.decoder_start_token_id
     if start is None:
         raise ClbenchError(f"encoder-decoder model {type(base).__name__} has no decoder_start_token_id in its config")
@@ -244,8 +239,7 @@ def replaying_checkpointed_forward() -> bool:
 def enable_activation_checkpointing(model) -> None:
     """Checkpoint every decoder layer, non-reentrant: no `enable_input_require_grads` needed under PEFT, and
     hidden states may be returned (I-LoRA, GeRe). Layers skip checkpointing in eval mode and under no_grad."""
-    base = getattr(model, "module", model)
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
+    base = base_model(model)
     kwargs = {"use_reentrant": False, "context_fn": _checkpoint_contexts}
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise ClbenchError(f"trainer.gradient_checkpointing: model {type(base).__name__} does not support it")

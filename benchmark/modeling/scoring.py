@@ -17,56 +17,17 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import string
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.data import Encoded, collate_lm, length_bucketed_batches, pad_batch
+from benchmark.modeling.data import Encoded, collate_lm, length_bucketed_batches, pad_batch
+from benchmark.config import EvalConfig
+from benchmark.records.schema import EVAL_MODES
 from benchmark.errors import ClbenchError
-from benchmark.model import decoder_start, lm_logits_targets
-
-MODES = ("both", "generate", "loglik")
-PAPERS_MAX_NEW_TOKENS = 50
-
-
-@dataclass
-class EvalConfig:
-    mode: str = "both"  # both | generate | loglik: which scores every evaluation computes
-    batch_size: int = 16
-    normalize: bool = False  # loglik: rank by mean instead of summed answer log-probability
-    max_new_tokens: int = PAPERS_MAX_NEW_TOKENS  # generate: a row stops earlier at EOS
-    general_passages: int = 16  # general-ability perplexity passages (0 = off)
-    general_tokens: int = 128
-
-    def __post_init__(self):
-        problems = [
-            None if self.mode in MODES else f"eval.mode must be one of {'|'.join(MODES)}, got {self.mode!r}",
-            None if self.batch_size >= 1 else f"eval.batch_size must be >= 1, got {self.batch_size}",
-            None if self.max_new_tokens >= 1 else f"eval.max_new_tokens must be >= 1, got {self.max_new_tokens}",
-            None if self.general_passages >= 0 else f"eval.general_passages must be >= 0, got {self.general_passages}",
-            None if self.general_tokens >= 2 else f"eval.general_tokens must be >= 2, got {self.general_tokens}",
-        ]
-        problems = [p for p in problems if p]
-        if problems:
-            raise ClbenchError("; ".join(problems))
-
-    @property
-    def generates(self) -> bool:
-        return self.mode in ("both", "generate")
-
-    @property
-    def ranks_labels(self) -> bool:
-        return self.mode in ("both", "loglik")
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD-style normalisation as in the O-LoRA scorer: lower-case, no punctuation, single spaces (articles kept)."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    return " ".join(text.split())
-
+from benchmark.modeling.model import base_model, decoder_start, lm_logits_targets
+from benchmark.records.predictions import Scored
+from benchmark.records.text import normalize_answer
 
 def _left_pad(seqs: list[tuple[int, ...]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b = pad_batch(seqs, pad_id, "left")
@@ -238,21 +199,9 @@ def generate_predictions(model, examples: list[Encoded], pad_id: int, eos_id: in
     return out
 
 
-@dataclass
-class Scored:
-    """One example's evaluation: what generation produced and which label the log-likelihood chose."""
-
-    index: int  # position in the task's test list
-    generation: str | None = None  # decoded, special tokens skipped, cut at EOS
-    gen_tokens: int | None = None  # new tokens before EOS
-    hit_limit: bool | None = None  # no EOS within max_new_tokens
-    choice: int | None = None  # the label index with the highest log-likelihood
-    margin: float | None = None  # its score minus the runner-up's
-
-
 def _cache_kw(model) -> str:
     # transformers 5.24 renamed `past_key_values` to `cache` (the old name warns until 5.40); 4.x knows the old one
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT forwards **kwargs
+    base = base_model(model)  # PEFT forwards **kwargs
     return _cache_name(type(base))
 
 
@@ -302,7 +251,7 @@ def _margins(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _encode_prompts(model, prompts, pad_id: int, device):
     b = pad_batch(prompts, pad_id, "right")  # relative positions: the encoder needs no left padding
     ids, mask = b["input_ids"].to(device), b["attention_mask"].to(device)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     return base.get_encoder()(input_ids=ids, attention_mask=mask, return_dict=True), mask
 
 
@@ -425,8 +374,8 @@ def accuracy(model, examples: list[Encoded], labels: list[str], encoder, cfg: Ev
              rank: int = 0, world: int = 1, progress: str | None = None) -> tuple[int, int]:
     """(correct, total) on this process's shard, by generation when cfg.mode computes it, else by label
     log-likelihood. The runner scores through score_examples and keeps every example's result."""
-    if cfg.mode not in MODES:
-        raise ClbenchError(f"eval.mode must be one of {'|'.join(MODES)}, got {cfg.mode!r}")
+    if cfg.mode not in EVAL_MODES:
+        raise ClbenchError(f"eval.mode must be one of {'|'.join(EVAL_MODES)}, got {cfg.mode!r}")
     mine = [examples[i] for i in shard(examples, rank, world)]
     if not mine:
         return 0, 0

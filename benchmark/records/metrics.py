@@ -11,9 +11,52 @@ examples.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 Matrix = Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What every reader needs to know of a metric, stated once (lm-evaluation-harness declares each metric
+    with its direction the same way). The schema test, the leaderboard, the claims and the CLI derive from it."""
+
+    key: str
+    label: str
+    unit: str  # "points" (accuracy %, or differences of it) | "fraction" (shown as %)
+    higher_is_better: Optional[bool]  # None: no direction (a descriptive number)
+    signed: bool = False  # shown with its sign (+/-): a change or a transfer
+    paired: bool = False  # compared with the baseline strategy, paired over seeds
+    quality: bool = False  # a column of the leaderboard's quality block (and claimable)
+
+    @property
+    def scale(self) -> float:
+        return 100.0 if self.unit == "fraction" else 1.0
+
+    def text(self, v: Optional[float]) -> str:
+        """The value as tables and claims print it: 2 decimals, % for fractions, a sign when signed."""
+        if v is None:
+            return "–"
+        return f"{v * self.scale:+.2f}" if self.signed else f"{v * self.scale:.2f}"
+
+
+# every key of records.schema.Metrics, in the order tables show them
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("aa", "AA", "points", True, paired=True, quality=True),
+    Metric("bwt", "BWT", "points", True, signed=True, paired=True, quality=True),
+    Metric("fwt", "FWT", "points", True, signed=True, paired=True, quality=True),
+    Metric("forgetting", "Forgetting", "points", False, paired=True, quality=True),
+    Metric("ppl_rel_change", "Gen. ppl change", "fraction", False, signed=True, quality=True),
+    Metric("learning_accuracy", "Learning accuracy", "points", True),
+    Metric("avg_incremental_accuracy", "Avg. incremental accuracy", "points", True),
+    Metric("zero_shot_aa", "Zero-shot AA", "points", True),
+    Metric("ppl_before", "Gen. ppl before", "perplexity", None),
+    Metric("ppl_after", "Gen. ppl after", "perplexity", None),
+    Metric("fwt_vs_single_task", "FWT vs single-task", "points", True, signed=True),
+)}
+QUALITY = [m for m in METRICS.values() if m.quality]
+PAIRED = [m.key for m in METRICS.values() if m.paired]
 
 
 def _sequential(R: Matrix) -> bool:

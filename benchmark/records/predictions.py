@@ -23,18 +23,50 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, TypedDict
 
 from benchmark.errors import ClbenchError
-from benchmark.evaluation import Scored, normalize_answer
+from benchmark.records.schema import SCORE_MODES as MODES
+from benchmark.records.text import normalize_answer
 
-MODES = ("generate", "loglik")
+
+@dataclass
+class Scored:
+    """One example's evaluation, as the scorer (benchmark/modeling/scoring.py) returns it: what generation
+    produced and which label the log-likelihood chose."""
+
+    index: int  # position in the task's test list
+    generation: str | None = None  # decoded, special tokens skipped, cut at EOS
+    gen_tokens: int | None = None  # new tokens before EOS
+    hit_limit: bool | None = None  # no EOS within max_new_tokens
+    choice: int | None = None  # the label index with the highest log-likelihood
+    margin: float | None = None  # its score minus the runner-up's
 
 
-def example_rows(row: int, after: str, task: str, labels: list[str], examples: list, scored: list[Scored]) -> list[dict]:
+class PredictionLine(TypedDict):
+    """One line of a prediction file (the module docstring says what each field means)."""
+
+    row: int
+    after: str
+    task: str
+    id: str
+    gold: str
+    generation: Optional[str]
+    normalized: Optional[str]
+    correct: Optional[bool]
+    gen_tokens: Optional[int]
+    hit_limit: Optional[bool]
+    choice: Optional[str]
+    margin: Optional[float]
+    correct_loglik: Optional[bool]
+
+
+def example_rows(row: int, after: str, task: str, labels: list[str], examples: list,
+                 scored: list[Scored]) -> list[PredictionLine]:
     """The prediction lines of one task in one evaluation; `examples` are the task's test Examples, `scored`
     their results in the same order."""
-    out = []
+    out: list[PredictionLine] = []
     for ex, s in zip(examples, scored):
         gen = s.generation
         out.append({

@@ -1,17 +1,23 @@
-"""The run record (schema `clbench.run/1`, benchmark/records.py SCHEMA) as types: every key that benchmark/runner.py
-writes, with the type of its value, in one place (as lm-evaluation-harness's result_schema.py does for its
-results). Readers (the leaderboard, notebooks) can rely on it, and tests check the record of a real run against it
-with `problems`, so a key added to, renamed in or dropped from the runner without this file fails a test.
+"""The run record (schema `clbench.run/1`) as types: every key of a record, with the type of its value, in one
+place (as lm-evaluation-harness's result_schema.py does for its results). The producer is typed with it
+(benchmark/records/build.py `build_record(...) -> RunRecord`, the runner's `train_stage(...) -> Stage`), and
+`write_record` refuses a record for which `problems` finds anything, so the writer and this file cannot drift.
 
 `config` is the run's whole configuration; its schema is benchmark/config.py's RunConfig. Records written before
 a key existed lack it (prompt_format, anatomy, scores, primary_mode, predictions, stream.splits.<task>.version):
-the types describe what the runner writes now.
+benchmark/records/store.py `upgrade` says what a reader may assume for each.
 
 No `from __future__ import annotations` here: TypedDict reads NotRequired from evaluated annotations only.
 """
 import types
 import typing
-from typing import Any, Literal, NotRequired, Optional, TypedDict, Union
+from typing import Any, Literal, NotRequired, Optional, TypedDict, Union, get_args
+
+SCHEMA = "clbench.run/1"
+EvalMode = Literal["both", "generate", "loglik"]  # which scores every evaluation computes (eval.mode)
+ScoreMode = Literal["generate", "loglik"]  # the scores a record holds
+EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 
 Matrix = list[list[float]]  # rows: zero-shot, then one per stage; columns: the stream's tasks; accuracy %
 
@@ -216,7 +222,7 @@ class Predictions(TypedDict):
 
 
 class RunRecord(TypedDict):
-    schema: Literal["clbench.run/1"]
+    schema: Literal["clbench.run/1"]  # SCHEMA
     run_id: str
     created_utc: str
     config: dict[str, Any]
@@ -225,7 +231,7 @@ class RunRecord(TypedDict):
     stream: Stream
     strategy: Strategy
     model: Model
-    eval_mode: Literal["both", "generate", "loglik"]
+    eval_mode: EvalMode
     matrix: MatrixBlock  # the primary mode's scores (primary_mode)
     metrics: Metrics
     prompt_format: PromptFormat
@@ -236,9 +242,16 @@ class RunRecord(TypedDict):
     stages: list[Stage]
     setup: Setup
     provenance: Provenance
-    scores: dict[Literal["generate", "loglik"], Score]  # every mode computed
-    primary_mode: Literal["generate", "loglik"]
+    scores: dict[ScoreMode, Score]  # every mode computed
+    primary_mode: ScoreMode
     predictions: Predictions
+
+
+# keys the runner began to write after the first published records: a record without them is read through
+# benchmark/records/store.py `upgrade`; every other key of RunRecord is required of every record ever written
+LATER_KEYS = frozenset({"prompt_format", "generation", "anatomy", "resumed", "setup", "scores", "primary_mode",
+                        "predictions"})
+REQUIRED_ALWAYS = frozenset(RunRecord.__required_keys__ - LATER_KEYS)
 
 
 def problems(value: Any, tp: Any = RunRecord, path: str = "record") -> list[str]:

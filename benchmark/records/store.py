@@ -1,6 +1,8 @@
-"""Run records: one JSON file per run, with full provenance, written atomically and never overwritten."""
+"""Run records: identity, provenance, one JSON file per run written atomically and never overwritten (after
+`problems` finds nothing), and strict reading."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -9,14 +11,15 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ClbenchError
+from benchmark.fileio import atomic_write, is_temp_name, read_json_strict  # noqa: F401  (is_temp_name: for readers)
+from benchmark.records.schema import REQUIRED_ALWAYS, SCHEMA, SCORE_MODES, RunRecord, problems
 
-SCHEMA = "clbench.run/1"
-REQUIRED = ("schema", "run_id", "config", "seed", "stream", "strategy", "model", "matrix", "metrics", "provenance")
+# what a stored record must have to be read at all (the schema's keys but those added later: see `upgrade`)
+REQUIRED = tuple(sorted(REQUIRED_ALWAYS))
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "hydra-core", "avalanche-lib", "wandb", "clbench", "numpy")
 LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
 
@@ -116,6 +119,11 @@ def git_commit(cwd: Path | None = None) -> dict[str, Any]:
 
 
 def package_versions() -> dict[str, str | None]:
+    return dict(_package_versions())
+
+
+@functools.cache  # a scan of every installed distribution: once per process
+def _package_versions() -> dict[str, str | None]:
     out = {}
     for name in PACKAGES:
         try:
@@ -125,16 +133,26 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def hardware() -> dict[str, Any]:
-    import torch
-
+@functools.cache
+def _static_hardware() -> tuple[tuple[str, Any], ...]:
     info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+                            "cpu_count": os.cpu_count()}
     try:
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError):
         pass
     info["cpu_model"] = _cpu_model()
+    return tuple(info.items())
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    # the platform facts once per process; the thread count and the GPUs as they are now
+    static = dict(_static_hardware())
+    info: dict[str, Any] = {**{k: static[k] for k in ("platform", "machine", "python", "cpu_count")},
+                            "torch_threads": torch.get_num_threads()}
+    info.update({k: static[k] for k in ("memory_gb", "cpu_model") if k in static})
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda
@@ -163,7 +181,9 @@ def _gpu_driver() -> str | None:
 
 
 def provenance() -> dict[str, Any]:
-    return {"git": git_commit(), "packages": package_versions(), "hardware": hardware()}
+    """The code (git state, per run), the packages, the machine and whether the environment is the locked one."""
+    return {"git": git_commit(), "packages": package_versions(), "hardware": hardware(),
+            "environment": environment_lock()}
 
 
 def _normalise(name: str) -> str:
@@ -171,6 +191,11 @@ def _normalise(name: str) -> str:
 
 
 def lock_differences(lock_file: Path = LOCK_FILE) -> list[str] | None:
+    return None if (found := _lock_differences(Path(lock_file))) is None else list(found)
+
+
+@functools.cache
+def _lock_differences(lock_file: Path) -> tuple[str, ...] | None:
     """Packages whose installed version differs from requirements.lock ('name lock-version -> installed'),
     [] when all match, None when there is no lock file (an installed wheel rather than a checkout)."""
     try:
@@ -188,7 +213,7 @@ def lock_differences(lock_file: Path = LOCK_FILE) -> list[str] | None:
         have = installed.get(_normalise(name))
         if have != want:
             diffs.append(f"{name} {want} -> {have or 'not installed'}")
-    return diffs
+    return tuple(diffs)
 
 
 def environment_lock(lock_file: Path = LOCK_FILE) -> dict[str, Any]:
@@ -196,10 +221,6 @@ def environment_lock(lock_file: Path = LOCK_FILE) -> dict[str, Any]:
     diffs = lock_differences(lock_file)
     # a handful is enough to see why; the full package list is in `packages` and pip freeze
     return {"lock": lock_file.name, "locked": diffs == [], "differs": None if diffs is None else diffs[:10]}
-
-
-def locked_environment(lock_file: Path = LOCK_FILE) -> bool:
-    return lock_differences(lock_file) == []
 
 
 def _child_path(path: str, key: Any) -> str:
@@ -225,18 +246,6 @@ def nonfinite_path(obj: Any, path: str = "") -> str | None:
     return None
 
 
-def finite_or_none(obj: Any) -> Any:
-    """A copy with every NaN and infinity replaced by None (JSON null), e.g. the metrics of a diverged run,
-    which the runner must then mark as diverged: null alone would read as 'not defined'."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_none(v) for v in obj]
-    return obj
-
-
 def _strict_json(record: dict[str, Any]) -> str:
     # NaN and Infinity are not JSON: other readers (browsers, jq, pandas' strict mode) reject such a file
     try:
@@ -247,36 +256,27 @@ def _strict_json(record: dict[str, Any]) -> str:
                           "records hold strict JSON (mark a diverged run and store null)") from None
 
 
-def write_record(record: dict[str, Any], runs_dir: Path) -> Path:
-    """Write runs_dir/<run_id>.json atomically; an existing file of that name is never replaced."""
-    missing = [k for k in REQUIRED if k not in record]
-    if missing:
-        raise RecordError(f"record {record.get('run_id')!r} lacks {missing}")
+def write_record(record: RunRecord, runs_dir: Path) -> Path:
+    """Write runs_dir/<run_id>.json atomically after checking it against the schema; an existing file of that
+    name is never replaced."""
+    found = problems(record)
+    if found:
+        raise RecordError(f"record {record.get('run_id')!r} does not match the schema: {'; '.join(found[:3])}"
+                          + (f" (and {len(found) - 3} more)" if len(found) > 3 else ""))
     text = _strict_json(record)  # before anything touches the disk
-    runs_dir.mkdir(parents=True, exist_ok=True)
     final = runs_dir / f"{record['run_id']}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=runs_dir)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # link() fails if the name exists: atomic and no-clobber, unlike rename(), which would replace it
-        os.link(tmp, final)
+        atomic_write(final, text, no_clobber=True)
     except FileExistsError:
         raise RecordError(f"{final} already exists; run records are never overwritten") from None
-    finally:
-        os.unlink(tmp)
     return final
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def load_record(path: Path) -> dict[str, Any]:
+    """A record file, strictly: readable strict JSON, this schema, the keys every record has, a rectangular
+    matrix; raises RecordError naming the file."""
     try:
-        rec = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        rec = read_json_strict(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise RecordError(f"{path}: not a readable JSON run record ({e})") from None
     if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
@@ -291,9 +291,17 @@ def load_record(path: Path) -> dict[str, Any]:
     return rec
 
 
-def is_temp_name(name: str) -> bool:
-    # write_record and the leaderboard's writer stage files as .tmp-*.json / *.tmp, in flight or left by a crash
-    return name.startswith(".tmp-") or name.endswith(".tmp")
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record written before a key existed, read as the current schema says wherever the old record implies
+    the value (a copy; nothing is invented): `primary_mode` and `scores` from its one evaluation mode
+    (eval_mode; the records before both modes were kept scored one); `predictions`, `anatomy`, `prompt_format`
+    stay absent (those runs kept no prediction files, and readers show them as unverified / n/a)."""
+    rec = dict(rec)
+    if "scores" not in rec and rec.get("eval_mode") in SCORE_MODES:
+        rec["scores"] = {rec["eval_mode"]: {"values": rec["matrix"]["values"], "metrics": rec["metrics"]}}
+    if "primary_mode" not in rec and rec.get("eval_mode") in SCORE_MODES:
+        rec["primary_mode"] = rec["eval_mode"]
+    return rec
 
 
 def load_records(runs_dir: Path, reader=None) -> tuple[list[tuple[Path, dict[str, Any]]], list[str]]:

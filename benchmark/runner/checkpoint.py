@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import shutil
 from pathlib import Path
@@ -28,32 +27,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import ClbenchError
+from benchmark.fileio import atomic_write, fsync_dir, rng_from_json, rng_to_json
 
 STAGE_DIR = re.compile(r"stage-(\d+)")
 STAGE_ENTRY = re.compile(r"stage-\d+(\.tmp)?")  # what a save may leave behind, committed or not
 TENSORS, META = "state.safetensors", "state.json"
 
 
-def _fsync_dir(folder: Path) -> None:
-    # a rename is durable only once the folder holding the name is flushed too
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj: Any) -> None:
+    # inside a stage's temp folder, which is renamed whole: the file itself needs no rename of its own
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(obj, sort_keys=True, default=str))
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    _write_json(tmp, obj)
-    os.replace(tmp, path)
 
 
 class Checkpointer:
@@ -84,9 +70,7 @@ class Checkpointer:
         tensors = {f"model/{n}": params[n].detach().to("cpu").contiguous() for n in sorted(trained_names)}
         tensors.update({f"strategy/{k}": v.detach().to("cpu").contiguous() for k, v in strategy_tensors.items()})
         tensors["rng/torch"] = torch.get_rng_state()
-        py_state = random.getstate()
-        full_meta = {**meta, "stage": stage, "trained_names": sorted(trained_names),
-                     "python_rng": [py_state[0], list(py_state[1]), py_state[2]]}
+        full_meta = {**meta, "stage": stage, "trained_names": sorted(trained_names), "python_rng": rng_to_json()}
         self._commit(stage, self._write_tmp(stage, tensors, full_meta))
         self._drop_other_stages(stage)
 
@@ -106,8 +90,8 @@ class Checkpointer:
         # belongs to the attempt being replaced, so losing it to a crash right here costs nothing
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-        _fsync_dir(self.folder)
-        _atomic_json(self.folder / META, {"stage": stage, "folder": final.name})
+        fsync_dir(self.folder)
+        atomic_write(self.folder / META, json.dumps({"stage": stage, "folder": final.name}, sort_keys=True))
 
     def _drop_other_stages(self, keep: int) -> None:
         # higher stages too: they belong to an earlier attempt that this one (resume=false) has replaced
@@ -124,8 +108,7 @@ class Checkpointer:
         model_t = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
         strat_t = {k[len("strategy/"):]: v for k, v in tensors.items() if k.startswith("strategy/")}
         torch.set_rng_state(tensors["rng/torch"])
-        v, state, gauss = meta["python_rng"]
-        random.setstate((v, tuple(state), gauss))
+        rng_from_json(meta["python_rng"])
         return meta, model_t, strat_t
 
     def _read(self, meta_path: Path, tensor_path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

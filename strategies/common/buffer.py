@@ -1,6 +1,6 @@
 """Replay memory shared by replay and I-LoRA: reservoir (Vitter's Algorithm R), per-task ring, or fixed fraction.
 
-Stored items are tokenized examples (benchmark.data.Encoded). Replayed samples are never written back, and pads
+Stored items are tokenized examples (benchmark.modeling.data.Encoded). Replayed samples are never written back, and pads
 of replayed rows carry the ignore label (both were bugs of LLMCL's ER/I-LoRA).
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.data import Encoded
+from benchmark.api import Encoded, rng_from_json, rng_to_json
 
 
 POLICIES = ("reservoir", "per_task", "fraction")
@@ -25,7 +25,7 @@ class BufferConfig:
     # no __post_init__: a nested block is built before its owner, which calls check() with the full key
     # (`strategy replay.buffer.size`), where a check of its own could only say `buffer.size`
     def check(self, key: str, policies: tuple[str, ...] = POLICIES) -> None:
-        from strategies.checks import check_choice, check_range
+        from strategies.common.checks import check_choice, check_range
 
         check_choice(self.policy, f"{key}.policy", policies)
         check_range(self.size, f"{key}.size", 1, integer=True)
@@ -91,7 +91,7 @@ class ReplayBuffer:
             tensors[f"{prefix}{i}.answer"] = torch.tensor(s.answer, dtype=torch.int64)
             index.append([s.label, s.task])
         return tensors, {"index": index, "seen": self.seen, "seen_in_task": {str(k): v for k, v in self.seen_in_task.items()},
-                         "rng": _rng_state(self.rng), "draw_rng": _rng_state(self.draw_rng)}
+                         "rng": rng_to_json(self.rng), "draw_rng": rng_to_json(self.draw_rng)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.slots = []
@@ -103,15 +103,5 @@ class ReplayBuffer:
             self.slots.append(Encoded(tuple(p.tolist()), tuple(a.tolist()), int(entry[0]), entry[1]))
         self.seen = meta["seen"]
         self.seen_in_task = {int(k): v for k, v in meta["seen_in_task"].items()}
-        _set_rng_state(self.rng, meta["rng"])
-        _set_rng_state(self.draw_rng, meta["draw_rng"])
-
-
-def _rng_state(rng: random.Random) -> list:
-    v, st, g = rng.getstate()
-    return [v, list(st), g]
-
-
-def _set_rng_state(rng: random.Random, state: list) -> None:
-    v, st, g = state
-    rng.setstate((v, tuple(st), g))
+        rng_from_json(meta["rng"], self.rng)
+        rng_from_json(meta["draw_rng"], self.draw_rng)

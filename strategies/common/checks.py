@@ -1,5 +1,6 @@
 """Value checks for strategy config dataclasses, called from their __post_init__ (PEFT's config style), so that a
-wrong value fails when `strategies.base.build` makes the config: before any data or model loads, with the key named
+wrong value fails when `strategies.base.build` makes the config: before any data or model loads, with the key named.
+A check names the key relative to its config (`buffer.size`); the builder prefixes where the config sits
 (`strategy replay.buffer.size must be an integer >= 1, got 0`).
 
 strategies.base.build already rejects unknown keys and non-numbers for numeric fields; it lets None through, and
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from strategies.base import LoraSettings, StrategyConfigError
+from strategies.base import LoraSettings, OptionError
 
 ADAPTERS = ("lora", "full", "none")
 
@@ -39,12 +40,12 @@ def check_range(value: Any, key: str, low: float | None = None, high: float | No
         bounds = f" {'<' if high_open else '<='} {high:g}"
     else:
         bounds = ""
-    raise StrategyConfigError(f"{key} must be {kind}{bounds}, got {value!r}")
+    raise OptionError(f"{key} must be {kind}{bounds}, got {value!r}")
 
 
 def check_choice(value: Any, key: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise StrategyConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+        raise OptionError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def check_adapter(kind: Any, key: str, allowed: tuple[str, ...] = ADAPTERS) -> None:
@@ -54,7 +55,7 @@ def check_adapter(kind: Any, key: str, allowed: tuple[str, ...] = ADAPTERS) -> N
 def check_nested(value: Any, key: str, cls: type) -> None:
     """A nested settings block given as something other than a mapping (`lora: 8`) reaches the owner unbuilt."""
     if not isinstance(value, cls):
-        raise StrategyConfigError(f"{key} must be a mapping of {cls.__name__} keys, got {value!r}")
+        raise OptionError(f"{key} must be a mapping of {cls.__name__} keys, got {value!r}")
 
 
 def check_lora(s: Any, key: str) -> None:
@@ -66,7 +67,7 @@ def check_lora(s: Any, key: str) -> None:
     check_range(s.dropout, f"{key}.dropout", 0, 1, high_open=True)
     mods = s.target_modules
     if not (isinstance(mods, (list, tuple)) and mods and all(isinstance(m, str) and m for m in mods)):
-        raise StrategyConfigError(f"{key}.target_modules must be a non-empty list of module names, got {mods!r}")
+        raise OptionError(f"{key}.target_modules must be a non-empty list of module names, got {mods!r}")
 
 
 def check_per_task(values: Any, key: str) -> None:
@@ -74,9 +75,9 @@ def check_per_task(values: Any, key: str) -> None:
     from task_streams import available_tasks
 
     if not isinstance(values, dict):
-        raise StrategyConfigError(f"{key} must be a mapping of task names to numbers, got {values!r}")
+        raise OptionError(f"{key} must be a mapping of task names to numbers, got {values!r}")
     known = available_tasks()
     for task, v in values.items():
         if task not in known:
-            raise StrategyConfigError(f"{key}: unknown task {task!r}; known tasks: {', '.join(known)}")
+            raise OptionError(f"{key}: unknown task {task!r}; known tasks: {', '.join(known)}")
         check_range(v, f"{key}.{task}", 0)

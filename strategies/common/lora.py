@@ -6,7 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from strategies.base import LoraSettings, StrategyConfigError
-from strategies.checks import check_lora
+from strategies.common.checks import check_lora
 
 
 # the attention query and value projections (the papers' LoRA targets) under each architecture's names, tried in

@@ -5,10 +5,9 @@ check that the runner drove it.
 """
 from dataclasses import dataclass, field
 
-import torch
 
 from strategies import Hooks, LoraSettings, register
-from strategies.lora import add_lora
+from strategies.common.lora import add_lora
 
 
 @dataclass

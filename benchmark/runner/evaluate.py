@@ -1,0 +1,88 @@
+"""One evaluation of a run: every task of the stream scored with the strategy's evaluation model, its
+prediction lines (the source of every accuracy in the record), and general-ability perplexity."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from accelerate.utils import gather_object
+
+from benchmark.modeling import scoring
+from benchmark.modeling.data import Encoded
+from benchmark.records import predictions
+from benchmark.records.predictions import PredictionLine
+from benchmark.runner.context import RunContext
+from benchmark.runner.loop import reduce_sum
+
+if TYPE_CHECKING:
+    from benchmark.runner.recipe import RunState
+    from strategies.base import Strategy
+
+
+def evaluate_all(ctx: RunContext, strategy: Strategy, tests: dict[str, list[Encoded]], row: int,
+                 after: str) -> list[PredictionLine]:
+    """Every task of the stream, seen and unseen, scored with the strategy's evaluation model as eval.mode asks.
+    Returns the prediction lines of all processes (benchmark/records/predictions.py), on every process."""
+    acc, tok = ctx.accelerator, ctx.tokenizer
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    lines: list[PredictionLine] = []
+    ctx.model.eval()
+    # every row under the precision training uses, the zero-shot row included, so that FWT compares like with like
+    with strategy.eval_model(ctx), acc.autocast():
+        for task in ctx.stream.tasks:
+            examples = tests[task.name]
+            mine = scoring.shard(examples, acc.process_index, acc.num_processes)
+            bar = f"eval {after} {task.name}" if acc.is_local_main_process else None
+            answers = [ctx.encoder.answer(label) for label in task.labels]
+            scored = scoring.score_examples(ctx.model, [examples[i] for i in mine], answers, tok.pad_token_id,
+                                            tok.eos_token_id, ctx.cfg.eval, ctx.device, decode, bar) if mine else []
+            for s in scored:
+                s.index = mine[s.index]
+            if acc.num_processes > 1:
+                scored = gather_object(scored)
+            scored.sort(key=lambda s: s.index)
+            lines += predictions.example_rows(row, after, task.name, task.labels, task.test, scored)
+    ctx.model.train()
+    return lines
+
+
+def record_evaluation(ctx: RunContext, state: RunState, lines: list[PredictionLine], row: int, after: str,
+                      just_trained: list[str], folder: Path) -> dict[str, list[float]]:
+    """Accuracy per mode, generation lengths and the anatomy of errors of one evaluation, all computed from its
+    prediction lines (so that the files re-score to the record), into the run state; the lines go to a file."""
+    tasks = ctx.stream.task_names
+    accs = predictions.accuracies(lines, tasks)
+    for mode, values in accs.items():
+        state.matrices.setdefault(mode, []).append(values)
+    state.generation.append(predictions.generation_stats(lines, tasks))
+    state.anatomy.append(predictions.anatomy(lines, {t.name: t.labels for t in ctx.stream.tasks}, just_trained))
+    if ctx.accelerator.is_main_process:
+        name = predictions.file_name(row)
+        sha = predictions.write(folder / name, lines)
+        state.predictions = [f for f in state.predictions if f["row"] != row] + [
+            {"row": row, "after": after, "file": name, "sha256": sha}]
+    return accs
+
+
+def general_sequences(ctx: RunContext) -> list[tuple[int, ...]]:
+    """The general-ability passages (eval.general_passages of the general corpus), tokenised."""
+    if not ctx.cfg.eval.general_passages:
+        return []
+    from task_streams import general
+
+    texts = general.passages("eval", ctx.cfg.eval.general_passages)
+    return ctx.encoder.encode_texts(texts, ctx.cfg.eval.general_tokens)
+
+
+def general_ppl(ctx: RunContext, strategy: Strategy, seqs: list[tuple[int, ...]]) -> float | None:
+    if not seqs:
+        return None
+    ctx.model.eval()
+    with strategy.eval_model(ctx), ctx.accelerator.autocast():
+        mine = seqs[ctx.accelerator.process_index :: ctx.accelerator.num_processes]
+        total, count = scoring.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device,
+                                       ctx.tokenizer.eos_token_id)
+    ctx.model.train()
+    total, count = reduce_sum(ctx.accelerator, [total, count])
+    ppl = scoring.perplexity(total, int(count))
+    return None if ppl is None else round(ppl, 4)
