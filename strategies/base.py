@@ -60,7 +60,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 32
     dropout: float = 0.0
-    # auto: the attention query/value projections under the model's own names (strategies/lora.py)
+    # auto: the attention query/value projections under the model's own names (strategies/common/lora.py)
     target_modules: list[str] = field(default_factory=lambda: ["auto"])
 
 
@@ -155,6 +155,8 @@ def register(name: str, config_cls: type, factory: Callable[[Any], Any] | None =
         raise StrategyConfigError(f"strategy {name!r} is registered twice")
     if not dataclasses.is_dataclass(config_cls):
         raise StrategyConfigError(f"strategy {name!r}: its config {config_cls!r} must be a dataclass")
+    if isinstance(factory, type):
+        factory.name = name  # what the record names (an instance may refine it: a composition names its parts)
     _REGISTRY[name] = Registration(config_cls, factory)
     return factory
 

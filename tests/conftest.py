@@ -19,8 +19,80 @@ def compose_cfg(overrides: list[str]):
     return compose(overrides, str(CONF))
 
 
+# a random tiny model's generations are noise: 4 new tokens test the path at a fraction of the papers' 50 (tests
+# about generation itself set their own limit)
 TINY_RUN = ["model=tiny", "data.train_per_class=4", "data.test_per_class=2", "eval.general_passages=2",
-            "eval.general_tokens=32", "trainer.batch_size=4", "trainer.max_prompt_tokens=64", "leaderboard=false"]
+            "eval.general_tokens=32", "trainer.batch_size=4", "trainer.max_prompt_tokens=64", "leaderboard=false",
+            "eval.max_new_tokens=4"]
+# batch 2 and accumulation 2 on 2 examples per class: amazon (5 micro-batches) and MTL's joint stage (23) leave
+# odd remainders, so every strategy's accumulation path is exercised
+ACCUM = ["trainer.batch_size=2", "trainer.grad_accum=2", "data.train_per_class=2"]
+
+
+def strategy_yamls() -> dict[str, list[str]]:
+    """{registered strategy name: the conf/strategy YAMLs that run it}; a global-package file (olora_long) nests
+    the strategy under `strategy:`."""
+    import yaml
+
+    out: dict[str, list[str]] = {}
+    for p in sorted((CONF / "strategy").glob("*.yaml")):
+        doc = yaml.safe_load(p.read_text())
+        out.setdefault(doc.get("strategy", doc)["name"], []).append(p.stem)
+    return out
+
+
+def strategy_run_cfg(yaml_name: str, results: Path, *extra: str):
+    return compose_cfg(TINY_RUN + ACCUM + [f"strategy={yaml_name}", f"results_dir={results}", *extra])
+
+
+@pytest.fixture(scope="session")
+def strategy_runs(tmp_path_factory):
+    """One clean spied run per strategy YAML (TINY_RUN + ACCUM), made once per session and shared by the contract
+    suite and the smoke checks: {"record", "path", "strategy", "seen", "cfg"}."""
+    from benchmark.records.store import load_record
+    from benchmark.runner import recipe
+    from strategies.base import build
+
+    cache: dict[str, dict] = {}
+
+    def get(yaml_name: str) -> dict:
+        if yaml_name in cache:
+            return cache[yaml_name]
+        out = tmp_path_factory.mktemp(yaml_name)
+        cfg = strategy_run_cfg(yaml_name, out)
+        s = build(dict(cfg.strategy))
+        seen: dict = {"grads_left": [], "eval_changed": [], "ctx": None}
+        orig_after = s.after_stage
+
+        def after_stage(ctx, _orig=orig_after):
+            _orig(ctx)
+            seen["grads_left"].append([n for n, p in ctx.model.named_parameters() if p.grad is not None])
+            before = model_state(ctx.model)
+            with s.eval_model(ctx):
+                pass
+            seen["eval_changed"].append(not same_model_state(before, model_state(ctx.model)))
+            seen["ctx"] = ctx
+
+        s.after_stage = after_stage
+        path = recipe.run(cfg, s)
+        cache[yaml_name] = {"record": load_record(path), "path": path, "strategy": s, "seen": seen, "cfg": cfg}
+        return cache[yaml_name]
+
+    return get
+
+
+def model_state(model) -> dict:
+    from peft import PeftModel
+
+    return {"training": model.training,
+            "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+            "values": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+            "adapters": list(model.active_adapters) if isinstance(model, PeftModel) else []}
+
+
+def same_model_state(a: dict, b: dict) -> bool:
+    return (a["training"] == b["training"] and a["requires_grad"] == b["requires_grad"] and a["adapters"] == b["adapters"]
+            and all(torch.equal(a["values"][k], b["values"][k]) for k in a["values"]))
 
 
 @pytest.fixture

@@ -3,9 +3,12 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # trains with transformers' Trainer among others
 def test_perf_bench_runs_every_training_method_on_the_same_work(tmp_path):
     sys.path.insert(0, str(ROOT / "bench"))
     try:

@@ -1,4 +1,4 @@
-"""Defaults live in the config dataclasses only; conf/*/*.yaml state what differs (issue #13, item 1).
+"""Defaults live in the config dataclasses only; conf/*/*.yaml and conf/config.yaml state what differs.
 
 Each option of each config group composes, and no YAML states a value equal to the default of the field it sets:
 a restated default would silently stop following the dataclass when the default changes."""
@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.config import LoggerConfig, RunConfig, StreamConfig, TrainerConfig, compose, register_configs
-from benchmark.modeling.scoring import EvalConfig
-from benchmark.modeling.model import ModelConfig
+from benchmark.config import (EvalConfig, LoggerConfig, ModelConfig, RunConfig, StreamConfig, TrainerConfig, compose,
+                              register_configs)
 from strategies.base import _REGISTRY, LoraSettings, build
 from task_streams import DataConfig, available_streams
 
@@ -73,6 +72,13 @@ def test_a_group_option_composes_and_states_only_what_differs(group, option):
     assert restated(stated, GROUPS[group](), f"{group}/{option}.yaml") == []
     for key, value in stated.items():
         assert _plain(getattr(getattr(cfg, group), key)) == value  # what the file states is what runs
+
+
+def test_the_top_level_config_states_no_default_of_runconfig():
+    stated = _load(CONF / "config.yaml")
+    top = {k: v for k, v in stated.items() if k not in ("defaults", "hydra")}
+    assert restated(top, RunConfig(), "config.yaml") == []
+    assert compose([]).seed == RunConfig().seed and compose([]).results_dir == RunConfig().results_dir
 
 
 @pytest.mark.parametrize("option", _options("strategy"))

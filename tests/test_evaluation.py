@@ -3,7 +3,8 @@ import torch
 
 from benchmark.modeling.data import Encoded, Encoder, collate_train
 from benchmark.errors import ClbenchError
-from benchmark.modeling.scoring import (EvalConfig, accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
+from benchmark.config import EvalConfig
+from benchmark.modeling.scoring import (accuracy, generate_predictions, loglik_scores, loglik_scores_cached,
                                   loglik_scores_pairs, normalize_answer, nll_sum)
 from benchmark.modeling.model import tiny_model
 from task_streams import DataConfig, load_task

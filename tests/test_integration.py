@@ -24,7 +24,8 @@ def _env():
 
 @pytest.mark.slow
 def test_real_smollm2_answers_sensibly_and_one_lora_step_changes_only_lora():
-    from benchmark.modeling.model import ModelConfig, load_model
+    from benchmark.config import ModelConfig
+    from benchmark.modeling.model import load_model
     from strategies.common.lora import add_lora
     from strategies.base import LoraSettings
 

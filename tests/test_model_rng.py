@@ -9,7 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from benchmark.modeling import model as model_mod
 from benchmark.errors import ClbenchError
-from benchmark.modeling.model import ModelConfig, load_model, tiny_model
+from benchmark.config import ModelConfig
+from benchmark.modeling.model import load_model, tiny_model
 
 
 def _rng_state():

@@ -10,7 +10,8 @@ from benchmark.leaderboard import board as leaderboard
 from benchmark.records import predictions
 from benchmark.modeling.data import Encoder, collate_train, use_chat_template
 from benchmark.errors import ClbenchError
-from benchmark.modeling.scoring import EvalConfig, generate_predictions, loglik_scores, score_examples
+from benchmark.config import EvalConfig
+from benchmark.modeling.scoring import generate_predictions, loglik_scores, score_examples
 from benchmark.modeling.model import byte_tokenizer, tiny_model
 from task_streams import DataConfig, load_task
 

@@ -1,4 +1,4 @@
-"""The run record matches benchmark/record_schema.py exactly, and task versions identify a run's data without
+"""The run record matches benchmark/records/schema.py exactly, and task versions identify a run's data without
 changing the hash of any record made while every task was at version 1 (issue #13, item 3)."""
 import copy
 import json

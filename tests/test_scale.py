@@ -13,7 +13,7 @@ from benchmark.runner import recipe as runner
 from benchmark.modeling.model import replaying_checkpointed_forward
 from strategies import registered
 from strategies.base import build
-from tests.conftest import CONF, ROOT, TINY_RUN, compose_cfg
+from tests.conftest import CONF, ROOT, TINY_RUN, compose_cfg, strategy_yamls
 
 # two tasks so that every strategy's second-task machinery runs (replay, masks, orthogonality, consistency)
 SHORT = ["stream.tasks=[dbpedia,amazon]", "data.train_per_class=2", "data.test_per_class=1", "trainer.batch_size=2",
@@ -22,12 +22,14 @@ SHORT = ["stream.tasks=[dbpedia,amazon]", "data.train_per_class=2", "data.test_p
 
 def _yaml_per_strategy() -> list[str]:
     """One conf/strategy YAML per registered strategy, plus full-FT MIGU (its hooks sit on plain Linear layers)."""
-    first: dict[str, str] = {}
-    for p in sorted((CONF / "strategy").glob("*.yaml")):
-        doc = yaml.safe_load(p.read_text())
-        first.setdefault(doc.get("strategy", doc)["name"], p.stem)
-    assert set(first) == set(registered())
-    return sorted(set(first.values()) | {"migu_ft"})
+    yamls = strategy_yamls()
+    assert set(yamls) == set(registered())
+    return sorted({names[0] for names in yamls.values()} | {"migu_ft"})
+
+
+# bf16 weights for one LoRA strategy, one full fine-tuning and one reading hidden states: what bf16 changes
+# (adapter precision, full-weight updates, hidden-state losses) is covered without repeating every strategy
+BF16_REPRESENTATIVES = ("seq_lora", "migu_ft", "ilora")
 
 
 def _spied_run(yaml_name: str, results: Path, *extra: str) -> dict:
@@ -62,8 +64,8 @@ def _spied_run(yaml_name: str, results: Path, *extra: str) -> dict:
     return {**seen, "weights": weights, "matrix": rec["matrix"]["values"], "steps": [st["steps"] for st in rec["stages"]]}
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("yaml_name", _yaml_per_strategy())
+@pytest.mark.parametrize("yaml_name,dtype", [(y, "float32") for y in _yaml_per_strategy()]
+                         + [(y, "bfloat16") for y in BF16_REPRESENTATIVES])
 def test_gradient_checkpointing_trains_every_strategy_exactly_like_without(yaml_name, dtype, tmp_path):
     plain = _spied_run(yaml_name, tmp_path / "plain", f"model.dtype={dtype}")
     ckpt = _spied_run(yaml_name, tmp_path / "ckpt", f"model.dtype={dtype}", "trainer.gradient_checkpointing=true")

@@ -10,7 +10,8 @@ import torch
 from benchmark.records import predictions
 from benchmark.modeling.data import Encoder, lm_split
 from benchmark.errors import ClbenchError
-from benchmark.modeling.scoring import EvalConfig, nll_sum, score_examples
+from benchmark.config import EvalConfig
+from benchmark.modeling.scoring import nll_sum, score_examples
 from benchmark.modeling.model import tiny_t5
 from benchmark.records.store import load_record
 from benchmark.runner.recipe import run
@@ -167,7 +168,8 @@ def test_every_strategy_runs_on_tiny_t5(yaml_name, tmp_path):
 
 def test_a_t5_folder_loads_as_an_encoder_decoder_model(tmp_path):
     """model.name=<local folder> (how a user with T5-large's weights runs it) picks AutoModelForSeq2SeqLM."""
-    from benchmark.modeling.model import ModelConfig, decoder_start, load_model
+    from benchmark.config import ModelConfig
+    from benchmark.modeling.model import decoder_start, load_model
 
     model, tok = tiny_t5(seed=1)
     model.save_pretrained(tmp_path)

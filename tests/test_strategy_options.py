@@ -142,3 +142,35 @@ def test_a_wrong_type_fails_in_hydra_with_the_key_named():
 
     with pytest.raises(Exception, match=r"data\.task_prefix"):
         compose(["data.task_prefix=maybe"])
+
+
+# ---------------------------------------------------------------- how a module is written does not matter
+
+
+@pytest.mark.parametrize("module,name", [("tests.toy.freeze_half", "toy_l2"),  # no `from __future__ import annotations`
+                                         ("strategies.olora", "olora")])  # annotations deferred (strings)
+def test_a_numeric_option_is_type_checked_whether_or_not_annotations_are_deferred(module, name):
+    import importlib
+
+    key = {"toy_l2": "beta", "olora": "lambda1"}[name]
+    deferred = "from __future__ import annotations" in importlib.import_module(module).__loader__.get_source(module)
+    assert deferred == (name == "olora")  # the two styles are really both tested
+    with pytest.raises(StrategyConfigError, match=rf"^strategy {name}\.{key}: expected a number, got 'abc'"):
+        build({"name": name, "module": module, key: "abc"})
+    with pytest.raises(StrategyConfigError, match=rf"^strategy {name}\.lora\.r: expected a number, got 'x'"):
+        build({"name": name, "module": module, "lora": {"r": "x"}})
+
+
+def test_the_identity_of_a_strategy_does_not_depend_on_how_its_yaml_is_written():
+    from benchmark.records.store import config_hash
+    from strategies.base import complete
+
+    terse = {"name": "olora", "lambda2": 0.3}
+    full = {"name": "olora", **dataclasses.asdict(_REGISTRY["olora"].config_cls()), "lambda2": 0.3}
+    assert complete(terse) == complete(full) == full
+    parts = {"name": "compose", "parts": [{"name": "olora"}, {"name": "migu", "adapter": "none"}]}
+    filled = complete(parts)
+    assert filled["parts"][1]["threshold"] == 0.7 and filled["parts"][0]["lambda1"] == 0.5
+    assert complete(filled) == filled
+    cfg = {"seed": 1, "model": {"name": "tiny-llama"}}
+    assert config_hash({**cfg, "strategy": complete(terse)}) == config_hash({**cfg, "strategy": complete(full)})

@@ -7,7 +7,7 @@ Layout of a run's folder:
 
     stage-3/state.safetensors, stage-3/state.json    the newest complete stage (the only one kept)
     state.json                                       {"stage": 3, "folder": "stage-3"}, for people and scripts
-    run.lock                                         see benchmark/lock.py
+    run.lock                                         see benchmark/runner/lock.py
 
 A stage is written whole into `stage-k.tmp` and renamed to `stage-k`: the rename is the commit point, so a
 crash at any moment leaves either the previous stage folder or the new one complete, never a mix of a new
