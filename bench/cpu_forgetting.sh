@@ -10,6 +10,7 @@
 set -euo pipefail
 RESULTS=${1:-results/examples/cpu_generate}
 shift || true
+# an experiment definition: the strategies this experiment compares (not the registry's list)
 STRATEGIES=("${@:-seq_lora olora migu replay ilora gere}")
 BIN=${BIN:-.venv/bin}
 for s in ${STRATEGIES[@]}; do

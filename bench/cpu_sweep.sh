@@ -7,6 +7,7 @@ set -euo pipefail
 RESULTS=${1:-results/examples/cpu_loglik}
 COMMON=(data.train_per_class=12 data.test_per_class=6 eval.general_passages=8 seed=1,2,3 results_dir=$RESULTS leaderboard=false)
 BIN=${BIN:-.venv/bin}
+# an experiment definition: the strategies this experiment compares (not the registry's list)
 for s in seq_lora olora migu ilora; do
   $BIN/clbench-run -m strategy=$s "${COMMON[@]}"
 done

@@ -12,6 +12,7 @@
 set -uo pipefail
 RESULTS=${1:-results/examples/long_repro}
 shift || true
+# an experiment definition: the strategies this experiment compares (not the registry's list)
 STRATEGIES=${*:-seq_lora inc_lora olora_long replay migu ilora gere mtl}
 SEEDS=${SEEDS:-1 2 3}
 EXPERIMENT=${EXPERIMENT:-long_repro}

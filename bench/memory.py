@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+# conf/strategy YAMLs, each with its cost formula in strategy_cost below; tests/test_scale.py checks that they
+# cover every registered strategy (compositions cost what their parts cost)
 STRATEGIES = ("seq_lora", "seq_ft", "replay", "replay_interleave", "olora", "inc_lora", "ilora", "migu", "migu_ft",
               "gere", "mtl")
 FULL_FT = ("seq_ft", "migu_ft")

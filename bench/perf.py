@@ -40,7 +40,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 TRAIN_METHODS = ("suite", "bare", "bare_hf_loss", "trainer")
-STRATEGIES = ("seq_lora", "replay", "ilora", "olora", "migu", "gere")
+def _strategies() -> list[str]:
+    """Every registered strategy but compositions (their step is their parts'), SeqLoRA first: the baseline."""
+    from strategies import registered
+
+    return sorted((n for n in registered() if n != "compose"), key=lambda n: (n != "seq_lora", n))
 # bench-sized strategy settings, stated in the output: GeRe's reference pass over 1000 general samples would
 # dominate a short timing; the per-step work does not depend on the size of the fixed set
 STRATEGY_OVERRIDES = {"gere": ["strategy.n_samples=32"]}
@@ -450,7 +454,7 @@ def main(argv=None) -> None:
     for model in a.models.split(","):
         r = results[model] = {"train": {}, "strategies": {}, "eval": {}}
         jobs = [("train", m) for m in TRAIN_METHODS if "train" in only]
-        jobs += [("strategy", s) for s in STRATEGIES if "strategies" in only]
+        jobs += [("strategy", s) for s in _strategies() if "strategies" in only]
         jobs += [("eval", "eval")] if "eval" in only else []
         for kind, method in jobs:
             t0 = time.perf_counter()

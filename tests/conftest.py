@@ -129,3 +129,30 @@ def two_task_run(tmp_path_factory):
                        "eval.general_passages=2", "eval.general_tokens=32", "leaderboard=false"])
     path = runner.run(cfg)
     return path, json.loads(path.read_text())
+
+
+# a real record of the current schema (committed, with its prediction files beside it)
+TEMPLATE_RECORD = next(iter(sorted((ROOT / "results" / "examples" / "long_repro_cpu" / "runs").glob("*.json"))))
+
+
+def schema_record(run_id: str = "r", seed: int = 1, config_hash: str | None = None) -> dict:
+    """A record that passes the schema (a committed real one under another name), for tests of writing records.
+    It names prediction files it does not carry: for the writer, not for the leaderboard."""
+    import json
+
+    rec = json.loads(TEMPLATE_RECORD.read_text())
+    rec["run_id"], rec["seed"], rec["config"]["seed"] = run_id, seed, seed
+    if config_hash is not None:
+        rec["config_hash"] = config_hash
+    return rec
+
+
+def write_raw(runs: Path, rec: dict, name: str | None = None) -> Path:
+    """A record file written as given, without the writer's schema check: how hand-made, older or hostile
+    records reach a runs folder."""
+    import json
+
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / (name or f"{rec['run_id']}.json")
+    path.write_text(json.dumps(rec, indent=1, sort_keys=True), encoding="utf-8")
+    return path

@@ -162,12 +162,12 @@ def _browser_page():
 @pytest.mark.browser
 def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
     from benchmark.leaderboard import board as leaderboard
-    from benchmark.records import store as records
+    from tests.conftest import write_raw
     from tests.test_records_leaderboard import _rec
 
     runs = tmp_path / "runs"
     for strategy, aa, h in (("seq_lora", (50.0, 40.0), "a"), ("replay", (90.0, 80.0), "b"), ("olora", (70.0, 60.0), "c")):
-        records.write_record(_rec(strategy, aa_last=aa, chash=h), runs)
+        write_raw(runs, _rec(strategy, aa_last=aa, chash=h))
     leaderboard.regenerate(runs, tmp_path)
     page_url = (tmp_path / "leaderboard.html").as_uri()
     with _browser_page() as (page, shots):

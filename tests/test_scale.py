@@ -240,3 +240,10 @@ def test_memory_bench_measures_a_fresh_process_per_setting_and_extrapolates(tmp_
     assert x["weights_gb"]["bf16"] == pytest.approx(16.1, abs=0.1) and x["full_ft_states_gb"] == pytest.approx(128.5, abs=0.1)
     assert set(x["strategies"]) == set(memory.STRATEGIES)
     assert "LLaMA-2-7B" in memory.table(doc)
+
+
+def test_the_memory_bench_covers_every_registered_strategy():
+    memory = _memory_bench()
+    yamls = {y: name for name, ys in strategy_yamls().items() for y in ys}
+    assert set(memory.STRATEGIES) <= set(yamls)
+    assert {yamls[s] for s in memory.STRATEGIES} == set(registered()) - {"compose"}

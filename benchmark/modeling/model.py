@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from benchmark.config import SMOLLM2, ModelConfig
+from benchmark.config import DTYPES, SMOLLM2, ModelConfig
 from benchmark.errors import ClbenchError
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,10 +47,9 @@ def isolated_rng():
 
 
 def _dtype(name: str) -> torch.dtype:
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ClbenchError(f"model.dtype must be float32, bfloat16 or float16, got {name!r}") from None
+    if name not in DTYPES:  # ModelConfig checks this; a config built by hand may not have been
+        raise ClbenchError(f"model.dtype must be one of {'|'.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
 
 
 def _fix_tokenizer(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

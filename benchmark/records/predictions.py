@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, TypedDict
 
 from benchmark.errors import ClbenchError
+from benchmark.fileio import atomic_write
 from benchmark.records.schema import SCORE_MODES as MODES
 from benchmark.records.text import normalize_answer
 
@@ -92,13 +93,7 @@ def write(path: Path, rows: Iterable[dict]) -> str:
         for r in rows:
             gz.write((json.dumps(r, sort_keys=True, allow_nan=False) + "\n").encode())
     data = buf.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -6,7 +6,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from strategies.base import LoraSettings, StrategyConfigError
-from strategies.common.checks import check_lora
+from strategies.common.checks import ADAPTERS, check_lora
 
 
 # the attention query and value projections (the papers' LoRA targets) under each architecture's names, tried in
@@ -103,4 +103,4 @@ def apply_adapter(model, kind: str, settings: LoraSettings, adapter: str = "defa
         return full_finetune(model)
     if kind == "none":
         return model
-    raise StrategyConfigError(f"adapter must be lora, full or none, got {kind!r}")
+    raise StrategyConfigError(f"adapter must be one of {', '.join(ADAPTERS)}, got {kind!r}")
