@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU strategy comparison behind README's example leaderboard results/examples/cpu_loglik/: SmolLM2-135M +
+# The CPU strategy comparison behind the example leaderboard results/examples/cpu_loglik/ (its README): SmolLM2-135M +
 # LoRA on the demo stream (dbpedia -> amazon -> agnews, standard order 1 without the absent yahoo), 12 train /
 # 6 test examples per class, 3 seeds, one run at a time on 2 cores. Replay keeps 10% of each finished task (2% of
 # these tiny training sets would be 1-3 examples). Usage: bash bench/cpu_sweep.sh [results_dir]

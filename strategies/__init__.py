@@ -2,7 +2,7 @@
 
 Every module of this package is imported (and so registered) when the package is: a new strategy is one new
 file here plus one YAML in conf/strategy/, with no edit to any other file. A strategy living outside this package
-is loaded by naming its module in the YAML (`module: my_pkg.my_strategy`); see README, "Adding a strategy".
+is loaded by naming its module in the YAML (`module: my_pkg.my_strategy`); see docs/adding_a_strategy.md.
 """
 import importlib
 import pkgutil

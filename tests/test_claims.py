@@ -2,18 +2,19 @@
 verdict computed from intervals and paired tests, never typed."""
 import pytest
 
-from benchmark.leaderboard import board as leaderboard
+from benchmark import leaderboard
 from benchmark.leaderboard import claims
-from tests.test_leaderboard_stats import BASE, BETTER, NOISE, _record, _write
+from tests.conftest import write_raw
+from tests.test_leaderboard_stats import BASE, BETTER, NOISE, _record
 
 
 def _runs(tmp_path):
     runs = tmp_path / "runs"
     for i, s in enumerate(range(1, 6)):
-        _write(runs, _record("seq_lora", s, BASE[i]))
-        _write(runs, _record("better", s, BASE[i] + BETTER[i]))
-        _write(runs, _record("noisy", s, BASE[i] + NOISE[i]))
-    _write(runs, _record("lonely", 1, 40.0))
+        write_raw(runs, _record("seq_lora", s, BASE[i]))
+        write_raw(runs, _record("better", s, BASE[i] + BETTER[i]))
+        write_raw(runs, _record("noisy", s, BASE[i] + NOISE[i]))
+    write_raw(runs, _record("lonely", 1, 40.0))
     return runs
 
 
@@ -79,13 +80,13 @@ def test_per_task_epochs_of_tasks_outside_the_stream_do_not_prevent_pairing(tmp_
     for i, s in enumerate(range(1, 4)):
         base = _record("seq_lora", s, BASE[i])
         base["config"]["trainer"] = {"lr": 0.001}
-        _write(runs, base)
+        write_raw(runs, base)
         rec = _record("olora", s, BASE[i] + BETTER[i])
         rec["config"]["trainer"] = {"lr": 0.001, "epochs_per_task": {"MNLI": 2}}
-        _write(runs, rec)
+        write_raw(runs, rec)
         inert_and_not = _record("migu", s, BASE[i] + BETTER[i])
         inert_and_not["config"]["trainer"] = {"lr": 0.001, "epochs_per_task": {"MNLI": 2, "a": 3}}  # a: in the stream
-        _write(runs, inert_and_not)
+        write_raw(runs, inert_and_not)
     out = leaderboard.regenerate(runs, tmp_path)
     verdict = {r["strategy"]: r["vs_baseline"]["metrics"]["aa"]["verdict"] for r in out["rows"]}
     assert verdict["olora"] == "significant"
@@ -96,9 +97,9 @@ def test_a_comparison_shows_both_means_over_the_paired_seeds_only(tmp_path):
     """A seed only one side ran moves neither mean: the two means shown differ by exactly the paired difference."""
     runs = tmp_path / "runs"
     for i, s in enumerate(range(1, 4)):
-        _write(runs, _record("seq_lora", s, BASE[i]))
-        _write(runs, _record("better", s, BASE[i] + BETTER[i]))
-    _write(runs, _record("better", 4, 0.0))  # unpaired: the baseline has no seed 4
+        write_raw(runs, _record("seq_lora", s, BASE[i]))
+        write_raw(runs, _record("better", s, BASE[i] + BETTER[i]))
+    write_raw(runs, _record("better", 4, 0.0))  # unpaired: the baseline has no seed 4
     (tmp_path / "claims.yaml").write_text(CLAIMS.splitlines()[1])
     leaderboard.regenerate(runs, tmp_path)
     line = next(l for l in (tmp_path / "LEADERBOARD.md").read_text().splitlines() if l.startswith("| better beats"))

@@ -161,7 +161,7 @@ def _browser_page():
 
 @pytest.mark.browser
 def test_leaderboard_page_sorts_in_a_real_browser(tmp_path):
-    from benchmark.leaderboard import board as leaderboard
+    from benchmark import leaderboard
     from tests.conftest import write_raw
     from tests.test_records_leaderboard import _rec
 
@@ -207,7 +207,7 @@ def test_cold_and_warm_model_cache_give_identical_records(tmp_path):
 @pytest.mark.browser
 def test_anatomy_plot_renders_in_a_real_browser(two_task_run, tmp_path):
     """The forgetting anatomy of a real (tiny) run: one stacked bar per evaluation, drawn with visible height."""
-    from benchmark.leaderboard import board as leaderboard
+    from benchmark import leaderboard
 
     path, rec = two_task_run
     runs = tmp_path / "runs"

@@ -9,10 +9,13 @@ import statistics
 
 import pytest
 
-from benchmark.leaderboard import board as leaderboard
+from benchmark import leaderboard
+from benchmark.leaderboard import board, svg
+from benchmark.leaderboard.columns import COLUMNS
 from benchmark.records import stats
 from benchmark.records import store as records
-from benchmark.records.metrics import all_metrics
+from tests.conftest import write_raw
+from tests.test_records_leaderboard import _rec
 
 # ---------------------------------------------------------------- stats
 
@@ -90,28 +93,15 @@ def test_bootstrap_width_agrees_with_the_binomial_standard_error():
 
 
 def _record(strategy="seq_lora", seed=1, aa=50.0, train_per_class=16, created="20260101T000000", lora_r=8):
+    """tests.test_records_leaderboard._rec with a config whose hash depends on the settings given."""
     config = {"seed": seed, "results_dir": f"/tmp/{strategy}-{seed}", "leaderboard": False,
               "data": {"train_per_class": train_per_class, "test_per_class": 8},
               "eval": {"mode": "loglik"}, "model": {"name": "tiny-llama"}, "stream": {"name": "demo"},
               "strategy": {"name": strategy, "lora": {"r": lora_r}}}
     chash = records.config_hash(config)
-    R = [[10.0, 20.0], [70.0, 25.0], [aa - 5.0, aa + 5.0]]  # AA = aa exactly
-    return {"schema": records.SCHEMA, "run_id": f"{created}-{strategy}-{chash}-s{seed}", "created_utc": created,
-            "config": config, "config_hash": chash, "seed": seed,
-            "stream": {"name": "demo", "tasks": ["a", "b"], "skipped": []},
-            "strategy": {"name": strategy, "config": config["strategy"]}, "model": {"name": "tiny-llama"},
-            "eval_mode": "loglik", "matrix": {"rows": ["zero-shot", "a", "b"], "columns": ["a", "b"], "values": R},
-            "metrics": {**all_metrics(R), "ppl_before": 10.0, "ppl_after": 11.0, "ppl_rel_change": 0.1},
-            "cost": {"wall_s": 10.0, "answer_tokens_per_s": 100.0, "peak_memory_mb": 500.0, "trainable_params": 1000},
-            "provenance": {}}
-
-
-def _write(runs, rec, name=None):
-    """A record file as the runner's json.dump writes it (bare NaN tokens included)."""
-    runs.mkdir(parents=True, exist_ok=True)
-    path = runs / (name or f"{rec['run_id']}.json")
-    path.write_text(json.dumps(rec, indent=1, sort_keys=True), encoding="utf-8")
-    return path
+    rec = _rec(strategy, seed, aa_last=(aa - 5.0, aa + 5.0), chash=chash,  # AA = aa exactly
+               run_id=f"{created}-{strategy}-{chash}-s{seed}")
+    return {**rec, "created_utc": created, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}}
 
 
 BASE = [50.0, 53.0, 48.0, 55.0, 51.0]  # seq_lora's AA on seeds 1..5
@@ -122,9 +112,9 @@ NOISE = [2.0, -2.0, 2.0, -2.0, 2.0]  # alternating sign
 def _board(tmp_path, baseline="seq_lora"):
     runs = tmp_path / "runs"
     for i, s in enumerate(range(1, 6)):
-        _write(runs, _record("seq_lora", s, BASE[i]))
-        _write(runs, _record("better", s, BASE[i] + BETTER[i]))
-        _write(runs, _record("noisy", s, BASE[i] + NOISE[i]))
+        write_raw(runs, _record("seq_lora", s, BASE[i]))
+        write_raw(runs, _record("better", s, BASE[i] + BETTER[i]))
+        write_raw(runs, _record("noisy", s, BASE[i] + NOISE[i]))
     return runs, leaderboard.regenerate(runs, tmp_path, baseline=baseline)
 
 
@@ -186,8 +176,8 @@ def test_every_quality_number_has_a_seed_interval(tmp_path):
 
 def test_one_seed_gives_no_interval_and_no_test(tmp_path):
     runs = tmp_path / "runs"
-    _write(runs, _record("seq_lora", 1, 50.0))
-    _write(runs, _record("replay", 1, 70.0))
+    write_raw(runs, _record("seq_lora", 1, 50.0))
+    write_raw(runs, _record("replay", 1, 70.0))
     out = leaderboard.regenerate(runs, tmp_path)
     assert _row(out, "replay")["aa_ci"] is None and _row(out, "replay")["vs_baseline"]["metrics"]["aa"]["verdict"] == "n/a"
     line = _md_line(tmp_path, "replay")
@@ -198,10 +188,10 @@ def test_one_seed_gives_no_interval_and_no_test(tmp_path):
 def test_pairing_needs_identical_settings_and_uses_common_seeds(tmp_path):
     runs = tmp_path / "runs"
     for s in (1, 2, 3):
-        _write(runs, _record("seq_lora", s, 50.0 + s))
+        write_raw(runs, _record("seq_lora", s, 50.0 + s))
     for s in (1, 2, 3, 4, 5):
-        _write(runs, _record("replay", s, 60.0 + s, lora_r=16))  # differs only inside `strategy`: still paired
-    _write(runs, _record("olora", 1, 60.0, train_per_class=4))  # different data: nothing to pair with
+        write_raw(runs, _record("replay", s, 60.0 + s, lora_r=16))  # differs only inside `strategy`: still paired
+    write_raw(runs, _record("olora", 1, 60.0, train_per_class=4))  # different data: nothing to pair with
     out = leaderboard.regenerate(runs, tmp_path)
     replay = _row(out, "replay")["vs_baseline"]["metrics"]["aa"]
     assert replay["seeds"] == [1, 2, 3] and replay["diff"] == pytest.approx(10.0)
@@ -211,9 +201,9 @@ def test_pairing_needs_identical_settings_and_uses_common_seeds(tmp_path):
 
 def test_rows_name_the_settings_that_set_them_apart(tmp_path):
     runs = tmp_path / "runs"
-    _write(runs, _record("seq_lora", 1, 50.0, train_per_class=16))
-    _write(runs, _record("seq_lora", 1, 40.0, train_per_class=4))
-    _write(runs, _record("replay", 1, 60.0, train_per_class=4))
+    write_raw(runs, _record("seq_lora", 1, 50.0, train_per_class=16))
+    write_raw(runs, _record("seq_lora", 1, 40.0, train_per_class=4))
+    write_raw(runs, _record("replay", 1, 60.0, train_per_class=4))
     out = leaderboard.regenerate(runs, tmp_path)
     settings = sorted(r["settings"] for r in out["rows"] if r["strategy"] == "seq_lora")
     assert settings == ["data.train_per_class=16", "data.train_per_class=4"]
@@ -239,7 +229,7 @@ def test_an_empty_mapping_is_one_setting_not_one_absent_entry_per_key(tmp_path):
         if epochs is not None:
             rec["config"]["trainer"] = {"epochs_per_task": epochs}
         rec["config_hash"] = records.config_hash(rec["config"])
-        _write(runs, rec, name=f"olora-{i}.json")
+        write_raw(runs, rec, name=f"olora-{i}.json")
     out = leaderboard.regenerate(runs, tmp_path)
     settings = sorted(r["settings"] for r in out["rows"])
     assert settings == [
@@ -250,9 +240,9 @@ def test_an_empty_mapping_is_one_setting_not_one_absent_entry_per_key(tmp_path):
 
 def test_two_seq_lora_configs_with_the_same_settings_are_ambiguous(tmp_path):
     runs = tmp_path / "runs"
-    _write(runs, _record("seq_lora", 1, 50.0, lora_r=8))
-    _write(runs, _record("seq_lora", 1, 52.0, lora_r=16))
-    _write(runs, _record("replay", 1, 60.0))
+    write_raw(runs, _record("seq_lora", 1, 50.0, lora_r=8))
+    write_raw(runs, _record("seq_lora", 1, 52.0, lora_r=16))
+    write_raw(runs, _record("replay", 1, 60.0))
     out = leaderboard.regenerate(runs, tmp_path)
     assert "2 seq_lora configs share these settings" in _row(out, "replay")["vs_baseline"]["note"]
     assert "n/a: 2 seq_lora configs" in _md_line(tmp_path, "replay")
@@ -278,7 +268,7 @@ def _table(tmp_path):
 
 def _good_pair(runs):
     for s in (1, 2):
-        _write(runs, _record("seq_lora", s, 50.0 + 5 * s))
+        write_raw(runs, _record("seq_lora", s, 50.0 + 5 * s))
 
 
 def _not_included(tmp_path):
@@ -306,22 +296,17 @@ def _no_cost(rec):
     del rec["cost"]
 
 
-def _failed(rec):
-    rec["status"], rec["failure"] = "failed", "loss diverged (nan) at stage 2"
-    rec["metrics"]["aa"] = float("nan")
-
-
 def _string_seed(rec):
     rec["seed"] = "3"
 
 
+# a reason that the record reader (benchmark/records/store.py load_record) gives may say more after it
 @pytest.mark.parametrize("spoil, reason", [
-    (_nan_aa, "non-finite number NaN at metrics.aa"),
+    (_nan_aa, "not a readable JSON run record (NaN is not a JSON number"),
     (_null_bwt, "metric bwt is missing or null"),
     (_missing_forgetting, "metric forgetting is missing or null"),
-    (_overflow, "non-finite number Infinity at matrix.values.1.0"),
-    (_no_cost, "no cost"),
-    (_failed, "run failed: loss diverged (nan) at stage 2"),
+    (_overflow, "not a readable JSON run record (Infinity is not a JSON number"),
+    (_no_cost, "record lacks cost"),
     (_string_seed, "seed '3' is not an integer"),
 ])
 def test_a_bad_record_is_listed_with_its_reason_and_changes_nothing_else(tmp_path, spoil, reason):
@@ -330,20 +315,32 @@ def test_a_bad_record_is_listed_with_its_reason_and_changes_nothing_else(tmp_pat
     _good_pair(spoilt / "runs")
     bad = _record("seq_lora", 3, 90.0)  # same group: had it counted, mean and seed count would move
     spoil(bad)
-    _write(spoilt / "runs", bad, "bad.json")
+    write_raw(spoilt / "runs", bad, "bad.json")
     leaderboard.regenerate(clean / "runs", clean)
     out = leaderboard.regenerate(spoilt / "runs", spoilt)
-    assert out["problems"] == [f"runs/bad.json: {reason}"]
-    assert _not_included(spoilt) == [f"- runs/bad.json: {reason}"]
+    assert len(out["problems"]) == 1 and out["problems"][0].startswith(f"runs/bad.json: {reason}")
+    assert _not_included(spoilt) == [f"- {out['problems'][0]}"]
     assert _table(spoilt) == _table(clean)
     assert (spoilt / "leaderboard.csv").read_bytes() == (clean / "leaderboard.csv").read_bytes()
+
+
+def test_a_number_too_large_for_a_float_is_refused_naming_its_place(tmp_path):
+    """1e999 is valid JSON that parses to infinity (no bare token for the strict reader to refuse)."""
+    runs = tmp_path / "runs"
+    _good_pair(runs)
+    bad = _record("seq_lora", 3, 90.0)
+    bad["matrix"]["values"][1][0] = 12345.5
+    (runs / "big.json").write_text(json.dumps(bad, sort_keys=True).replace("12345.5", "1e999"), encoding="utf-8")
+    out = leaderboard.regenerate(runs, tmp_path)
+    assert out["problems"] == ["runs/big.json: non-finite number at matrix.values[1][0]"]
+    assert out["rows"][0]["seeds"] == [1, 2]
 
 
 def test_temp_files_of_the_atomic_writer_are_ignored(tmp_path):
     runs = tmp_path / "runs"
     _good_pair(runs)
-    _write(runs, _record("seq_lora", 3, 90.0), ".tmp-k2j4x9.json")  # records.write_record's temp name
-    _write(runs, _record("seq_lora", 4, 90.0), ".tmp-half")  # leaderboard._atomic_write's
+    write_raw(runs, _record("seq_lora", 3, 90.0), ".tmp-k2j4x9.json")  # records.write_record's temp name
+    write_raw(runs, _record("seq_lora", 4, 90.0), ".tmp-half")  # an older writer's
     (runs / "x.json.tmp").write_text("{", encoding="utf-8")
     out = leaderboard.regenerate(runs, tmp_path)
     assert out["rows"][0]["seeds"] == [1, 2] and out["problems"] == []
@@ -353,9 +350,9 @@ def test_temp_files_of_the_atomic_writer_are_ignored(tmp_path):
 def test_a_duplicate_config_and_seed_counts_once_and_is_reported(tmp_path):
     runs = tmp_path / "runs"
     _good_pair(runs)
-    first = _write(runs, _record("seq_lora", 3, 60.0, created="20260102T000000"), "b-first.json")
-    later = _write(runs, _record("seq_lora", 3, 99.0, created="20260103T000000"), "a-later.json")
-    tie = _write(runs, _record("seq_lora", 3, 98.0, created="20260102T000000"), "c-tie.json")  # same time: name decides
+    first = write_raw(runs, _record("seq_lora", 3, 60.0, created="20260102T000000"), "b-first.json")
+    later = write_raw(runs, _record("seq_lora", 3, 99.0, created="20260103T000000"), "a-later.json")
+    tie = write_raw(runs, _record("seq_lora", 3, 98.0, created="20260102T000000"), "c-tie.json")  # same time: name decides
     out = leaderboard.regenerate(runs, tmp_path)
     row = out["rows"][0]
     assert row["seeds"] == [1, 2, 3] and row["n"] == 3
@@ -376,42 +373,79 @@ def test_a_folder_without_valid_records_is_refused_and_the_board_kept(tmp_path):
     for p in runs.iterdir():
         p.unlink()
     bad = _record()
-    _failed(bad)
-    _write(runs, bad, "failed.json")
+    _nan_aa(bad)
+    write_raw(runs, bad, "nan.json")
     with pytest.raises(leaderboard.LeaderboardError, match=f"no valid run records in {re.escape(str(runs))}"):
         leaderboard.regenerate(runs, tmp_path)
-    (runs / "failed.json").unlink()
+    (runs / "nan.json").unlink()
     with pytest.raises(ValueError):  # the CLI can catch it as a ValueError too
         leaderboard.regenerate(runs, tmp_path)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before
 
 
 def test_a_nan_cell_is_never_painted_as_full_accuracy():
-    full = leaderboard.heatmap_svg({"rows": ["r"], "columns": ["a"], "values": [[100.0]]})
+    full = svg.heatmap_svg({"rows": ["r"], "columns": ["a"], "values": [[100.0]]})
     full_fill = re.search(r'fill="([^"]+)"', full).group(1)
     for bad in (float("nan"), float("inf"), None):
-        svg = leaderboard.heatmap_svg({"rows": ["r"], "columns": ["a"], "values": [[bad]]})
-        assert re.search(r'fill="([^"]+)"', svg).group(1) != full_fill
-        assert ">n/a</text>" in svg and ">100</text>" not in svg
+        picture = svg.heatmap_svg({"rows": ["r"], "columns": ["a"], "values": [[bad]]})
+        assert re.search(r'fill="([^"]+)"', picture).group(1) != full_fill
+        assert ">n/a</text>" in picture and ">100</text>" not in picture
 
 
 def test_curves_label_stages_with_task_names():
     matrix = {"rows": ["zero-shot", "dbpedia", "amazon+agnews"], "columns": ["dbpedia", "amazon"],
               "values": [[10.0, 20.0], [80.0, float("nan")], [60.0, 70.0]]}
-    svg = leaderboard.curves_svg(matrix)
+    picture = svg.curves_svg(matrix)
     for stage in matrix["rows"]:
-        assert f">{stage}</text>" in svg
-    assert "nan" not in svg.lower()  # the non-finite point is skipped, not drawn
+        assert f">{stage}</text>" in picture
+    assert "nan" not in picture.lower()  # the non-finite point is skipped, not drawn
 
 
 def test_regeneration_with_problems_and_duplicates_is_byte_identical(tmp_path):
     runs = tmp_path / "runs"
     _good_pair(runs)
-    _write(runs, _record("seq_lora", 2, 70.0, created="20270101T000000"), "dup.json")
+    write_raw(runs, _record("seq_lora", 2, 70.0, created="20270101T000000"), "dup.json")
     bad = _record("replay", 1, 70.0)
     _nan_aa(bad)
-    _write(runs, bad, "nan.json")
+    write_raw(runs, bad, "nan.json")
     leaderboard.regenerate(runs, tmp_path / "a")
     leaderboard.regenerate(runs, tmp_path / "b")
     for name in ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.html"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+# ---------------------------------------------------------------- the pages
+
+
+def test_every_record_is_read_once_per_regeneration(tmp_path, monkeypatch):
+    """Both modes' boards are views of one reading (each read checks the record's prediction files' hashes)."""
+    runs = tmp_path / "runs"
+    _good_pair(runs)
+    read, real = [], board.read_record
+    monkeypatch.setattr(board, "read_record", lambda path: read.append(path.name) or real(path))
+    leaderboard.regenerate(runs, tmp_path)
+    assert sorted(read) == sorted(p.name for p in runs.glob("*.json"))
+
+
+def test_markdown_html_and_csv_show_the_same_columns(tmp_path):
+    _, out = _board(tmp_path)
+    headers = [c.title("seq_lora") for c in COLUMNS]
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    assert "| " + " | ".join(headers) + " |" in md.splitlines()
+    page = (tmp_path / "leaderboard.html").read_text()
+    board_table = page.split('<table id="board" class="board">', 1)[1].split("</table>", 1)[0]
+    assert re.findall(r"<th>([^<]*)</th>", board_table.replace("&#39;", "'")) == headers
+    assert board_table.count("<tr>") == 1 + len(out["rows"]) and md.count("| demo |") == len(out["rows"])
+    fields = [f for c in COLUMNS for f in c.csv(out["rows"][0])]
+    assert (tmp_path / "leaderboard.csv").read_text().splitlines()[0].startswith(",".join(fields) + ",")
+
+
+def test_record_text_is_escaped_and_the_page_is_self_contained(tmp_path):
+    runs = tmp_path / "runs"
+    write_raw(runs, _record("seq_lora", 1, 50.0))
+    write_raw(runs, _record('<img src=x onerror="alert(1)">', 1, 60.0))
+    leaderboard.regenerate(runs, tmp_path)
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert "<img" not in page and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
+    assert "src=" not in page.replace("&lt;img src=", "") and "<link" not in page  # nothing loaded from beside it
+    assert "border-collapse" in page.split("<style>", 1)[1] and "addEventListener" in page.split("<script>", 1)[1]

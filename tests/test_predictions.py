@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from benchmark.leaderboard import board as leaderboard
+from benchmark import leaderboard
 from benchmark.records import predictions
 from benchmark.modeling.data import Encoder, collate_train, use_chat_template
 from benchmark.errors import ClbenchError

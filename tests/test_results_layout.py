@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ("cpu_generate", "cpu_loglik", "gpu_h100", "long_repro_cpu", "long_repro_cpu_probes")
+# every example set, found rather than listed, so that a new one is checked from the day it is added
+EXAMPLES = sorted(p.name for p in (ROOT / "results" / "examples").iterdir() if p.is_dir())
 BOARD_FILES = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.html")
 
 
@@ -27,11 +28,14 @@ def git_checkout():
 
 
 def _default_results_dir() -> str:
-    # read from the config a plain `clbench-run` composes, so moving the default cannot dodge the check
+    # the default a plain `clbench-run` composes (RunConfig's; conf/config.yaml no longer restates it), so moving
+    # the default cannot dodge the check; Hydra's own folders must lie under it
+    from benchmark.config import RunConfig
+
     cfg = yaml.safe_load((ROOT / "conf" / "config.yaml").read_text())
     assert cfg["hydra"]["run"]["dir"].startswith("${results_dir}/hydra/")
     assert cfg["hydra"]["sweep"]["dir"].startswith("${results_dir}/hydra/")
-    return cfg["results_dir"]
+    return RunConfig().results_dir
 
 
 def test_every_path_a_default_run_writes_is_ignored_by_git(git_checkout):
@@ -59,19 +63,18 @@ def test_each_example_set_is_tracked_with_its_own_leaderboard(git_checkout, name
     folder = f"results/examples/{name}"
     tracked = set(_git("ls-files", "--", folder).stdout.splitlines())
     assert {f"{folder}/{f}" for f in BOARD_FILES} <= tracked
-    records = [t for t in tracked if t.startswith(f"{folder}/runs/") and t.endswith(".json")]
-    assert len(records) >= 3, records
+    assert any(t.startswith(f"{folder}/runs/") and t.endswith(".json") for t in tracked), f"{folder}/runs has no record"
     # a new record added to an example set must not be silently ignored
     assert _git("check-ignore", "--no-index", f"{folder}/runs/new-record.json").returncode == 1
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_each_example_leaderboard_is_what_its_records_give(tmp_path, name):
-    from benchmark.leaderboard import board as leaderboard
+    from benchmark import leaderboard
 
     folder = ROOT / "results" / "examples" / name
     shutil.copytree(folder / "runs", tmp_path / "runs")
-    if (folder / "claims.yaml").is_file():  # judged in the leaderboard (benchmark/claims.py)
+    if (folder / "claims.yaml").is_file():  # judged in the leaderboard (benchmark/leaderboard/claims.py)
         shutil.copy(folder / "claims.yaml", tmp_path / "claims.yaml")
     leaderboard.regenerate(tmp_path / "runs", tmp_path)
     stale = [f for f in BOARD_FILES if (tmp_path / f).read_bytes() != (folder / f).read_bytes()]

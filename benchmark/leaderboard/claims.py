@@ -23,11 +23,11 @@ from typing import Any
 
 import yaml
 
-from benchmark.records import stats
 from benchmark.errors import ClbenchError
+from benchmark.records import stats
+from benchmark.records.metrics import METRICS, QUALITY
 
-METRICS = ("aa", "bwt", "fwt", "forgetting", "ppl_rel_change")
-PCT = ("ppl_rel_change",)  # a fraction in the records, shown in %
+CLAIMABLE = [m.key for m in QUALITY]  # the leaderboard's quality metrics
 FILE_NAME = "claims.yaml"
 
 
@@ -42,8 +42,8 @@ def _check(i: int, c: Any, where: str) -> dict:
     missing = [k for k in ("claim", "metric", "strategy") if k not in c]
     if missing:
         raise ClaimsError(f"{where}: {name!r} lacks {', '.join(missing)}")
-    if c["metric"] not in METRICS:
-        raise ClaimsError(f"{where}: {name!r}: metric must be one of {', '.join(METRICS)}, got {c['metric']!r}")
+    if c["metric"] not in CLAIMABLE:
+        raise ClaimsError(f"{where}: {name!r}: metric must be one of {', '.join(CLAIMABLE)}, got {c['metric']!r}")
     tests = [k for k in ("below", "above", "than") if k in c]
     if len(tests) != 1:
         raise ClaimsError(f"{where}: {name!r} needs exactly one of below, above, than")
@@ -69,14 +69,6 @@ def load(path: Path) -> list[dict]:
     return [_check(i, c, str(path)) for i, c in enumerate(doc)]
 
 
-def _scale(metric: str) -> float:
-    return 100.0 if metric in PCT else 1.0
-
-
-def _num(v: float | None, metric: str) -> str:
-    return "–" if v is None else f"{v * _scale(metric):+.2f}" if metric in ("bwt", "fwt", "ppl_rel_change") else f"{v * _scale(metric):.2f}"
-
-
 def _rows(rows: list[dict], strategy: str) -> list[dict]:
     return [r for r in rows if r["strategy"] == strategy]
 
@@ -89,8 +81,9 @@ def _threshold(c: dict, rows: list[dict]) -> dict:
     values = list(stats.metric_by_seed(found[0]["runs"], metric).values())
     mean, sd = stats.mean_sd(values)
     ci = stats.t_interval(values)
-    s = _scale(metric)
-    text = f"{_num(mean, metric)}" + ("" if sd is None else f" ± {sd * s:.2f} sd") + (
+    m = METRICS[metric]
+    s = m.scale
+    text = m.text(mean) + ("" if sd is None else f" ± {sd * s:.2f} sd") + (
         "" if ci is None else f", 95 % CI [{ci[0] * s:.2f}, {ci[1] * s:.2f}]") + f" ({len(values)} seeds)"
     bound = c["below"] if "below" in c else c["above"]
     side = "below" if "below" in c else "above"
@@ -106,7 +99,8 @@ def _threshold(c: dict, rows: list[dict]) -> dict:
 
 
 def _comparison(c: dict, rows: list[dict]) -> dict:
-    metric, s = c["metric"], _scale(c["metric"])
+    m = METRICS[c["metric"]]
+    metric, s = m.key, m.scale
     pairs = [(a, b) for a in _rows(rows, c["strategy"]) for b in _rows(rows, c["than"]) if a["match"] == b["match"]]
     if len(pairs) != 1:
         return {"clbench": f"{len(pairs)} pairs of rows with identical settings", "verdict": "inconclusive",
@@ -117,8 +111,8 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     if t["diff"] is None:
         return {"clbench": "no common seeds", "verdict": "inconclusive", "reason": "no seed ran both"}
     # both means over the paired seeds only, so that they differ by exactly the difference shown
-    text = (f"{c['strategy']} {_num(stats.mean_sd([a[k] for k in seeds])[0], metric)} vs {c['than']} "
-            f"{_num(stats.mean_sd([b[k] for k in seeds])[0], metric)}: difference {t['diff'] * s:+.2f}")
+    text = (f"{c['strategy']} {m.text(stats.mean_sd([a[k] for k in seeds])[0])} vs {c['than']} "
+            f"{m.text(stats.mean_sd([b[k] for k in seeds])[0])}: difference {t['diff'] * s:+.2f}")
     if t["ci"] is not None:
         text += f", 95 % CI [{t['ci'][0] * s:+.2f}, {t['ci'][1] * s:+.2f}], p = {t['p']:.3f}"
     text += f" ({len(seeds)} paired seeds)"
@@ -146,11 +140,12 @@ def verdict_text(j: dict) -> str:
     return f"{j['verdict']}: {j['reason']}" + (f". {j['why']}" if j["why"] and j["verdict"] != "holds" else "")
 
 
-def markdown_lines(judged: list[dict]) -> list[str]:
-    out = ["## Claims", "", "Each published claim judged from the rows above (`benchmark/claims.py`: 95 % t-intervals "
-           "over seeds, paired t-tests between strategies on the seeds both ran).", "",
-           "| claim | paper | clbench | verdict |", "|---|---|---|---|"]
-    for j in judged:
-        out.append("| " + " | ".join(x.replace("|", "\\|").replace("\n", " ")
-                                     for x in (j["claim"], j["paper"], j["clbench"], verdict_text(j))) + " |")
-    return out
+# the claims table, one structure for the Markdown and the HTML page: HEADERS and a row of texts per claim
+HEADERS = ("claim", "paper", "clbench", "verdict")
+# (the committed pages quote this sentence, the module's old path included: a change rewrites every example page)
+ABOUT = ("Each published claim judged from the rows above (`benchmark/claims.py`: 95 % t-intervals over seeds, "
+         "paired t-tests between strategies on the seeds both ran).")
+
+
+def table(judged: list[dict]) -> list[tuple[str, str, str, str]]:
+    return [(j["claim"], j["paper"], j["clbench"], verdict_text(j)) for j in judged]

@@ -190,19 +190,18 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: hydra_core, Hydra-Core and hydra.core are one package
 
 
+@functools.cache  # a scan of every installed distribution: once per process
+def _installed() -> dict[str, str]:
+    return {_normalise(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
+
+
 def lock_differences(lock_file: Path = LOCK_FILE) -> list[str] | None:
-    return None if (found := _lock_differences(Path(lock_file))) is None else list(found)
-
-
-@functools.cache
-def _lock_differences(lock_file: Path) -> tuple[str, ...] | None:
     """Packages whose installed version differs from requirements.lock ('name lock-version -> installed'),
     [] when all match, None when there is no lock file (an installed wheel rather than a checkout)."""
     try:
-        lines = lock_file.read_text(encoding="utf-8").splitlines()
+        lines = Path(lock_file).read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
-    installed = {_normalise(d.metadata["Name"] or ""): d.version for d in importlib.metadata.distributions()}
     diffs = []
     for line in lines:
         line = line.split("#", 1)[0].split(";", 1)[0].strip()
@@ -210,10 +209,10 @@ def _lock_differences(lock_file: Path) -> tuple[str, ...] | None:
             continue
         name, want = (x.strip() for x in line.split("==", 1))
         name = name.split("[", 1)[0]
-        have = installed.get(_normalise(name))
+        have = _installed().get(_normalise(name))
         if have != want:
             diffs.append(f"{name} {want} -> {have or 'not installed'}")
-    return tuple(diffs)
+    return diffs
 
 
 def environment_lock(lock_file: Path = LOCK_FILE) -> dict[str, Any]:
@@ -278,7 +277,7 @@ def load_record(path: Path) -> dict[str, Any]:
     try:
         rec = read_json_strict(path)
     except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise RecordError(f"{path}: not a readable JSON run record ({e})") from None
+        raise RecordError(f"{path}: not a readable JSON run record ({e}{_where_nonfinite(path, e)})") from None
     if not isinstance(rec, dict) or rec.get("schema") != SCHEMA:
         found = rec.get("schema") if isinstance(rec, dict) else type(rec).__name__
         raise RecordError(f"{path}: schema {found!r} is not {SCHEMA!r}")
@@ -289,6 +288,17 @@ def load_record(path: Path) -> dict[str, Any]:
     if not (isinstance(R, list) and R and all(isinstance(r, list) and len(r) == len(R[0]) for r in R)):
         raise RecordError(f"{path}: accuracy matrix is missing or ragged")
     return rec
+
+
+def _where_nonfinite(path: Path, error: Exception) -> str:
+    """', at metrics.aa' when the strict reader refused a bare NaN or Infinity: a lenient re-read names the field."""
+    if "is not a JSON number" not in str(error):
+        return ""
+    try:
+        where = nonfinite_path(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return ""
+    return f", at {where}" if where else ""
 
 
 def upgrade(rec: dict[str, Any]) -> dict[str, Any]:

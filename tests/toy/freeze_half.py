@@ -1,4 +1,4 @@
-"""A toy strategy written the way README's "Adding a strategy" says: one file, one YAML, no core edit.
+"""A toy strategy written the way docs/adding_a_strategy.md says: one file, one YAML, no core edit.
 
 LoRA, plus an L2 pull of the adapter towards zero with weight `beta`; it counts its hook calls so the test can
 check that the runner drove it.
