@@ -142,8 +142,7 @@ def verdict_text(j: dict) -> str:
 
 # the claims table, one structure for the Markdown and the HTML page: HEADERS and a row of texts per claim
 HEADERS = ("claim", "paper", "clbench", "verdict")
-# (the committed pages quote this sentence, the module's old path included: a change rewrites every example page)
-ABOUT = ("Each published claim judged from the rows above (`benchmark/claims.py`: 95 % t-intervals over seeds, "
+ABOUT = ("Each published claim judged from the rows above (`benchmark/leaderboard/claims.py`: 95 % t-intervals over seeds, "
          "paired t-tests between strategies on the seeds both ran).")
 
 
