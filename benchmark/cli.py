@@ -60,7 +60,8 @@ def _format_matrix(rec: dict) -> str:
     width = max(10, *(len(c) for c in m["columns"]))
     lines = [" " * 24 + "".join(f"{c:>{width}}" for c in m["columns"])]
     for name, row in zip(m["rows"], m["values"]):
-        lines.append(f"{name[:23]:<24}" + "".join(f"{v:>{width}.1f}" for v in row))
+        # a cell the evaluation schedule did not score is shown as a dash
+        lines.append(f"{name[:23]:<24}" + "".join(f"{v:>{width}.1f}" if v is not None else f"{'–':>{width}}" for v in row))
     return "\n".join(lines)
 
 

@@ -30,6 +30,11 @@ MIXED_PRECISION = ("no", "bf16", "fp16")  # accelerate's names
 DTYPES = ("float32", "bfloat16", "float16")
 LOGGERS = ("none", "wandb")  # benchmark/runner/loggers.py has one class per name
 PAPERS_MAX_NEW_TOKENS = 50  # O-LoRA's and MIGU's generation limit
+# which cells each evaluation scores (benchmark/runner/schedule.py): every task after every stage, the cells the
+# papers' metrics read, full rows every k stages plus those cells, or full up to AUTO_FULL_STAGES stages and the
+# papers' cells beyond
+EVAL_SCHEDULES = ("auto", "full", "papers", "every_k")
+AUTO_FULL_STAGES = 5
 MIN_PROMPT_TOKENS = 8  # the prompt's fixed head and tail alone take about this many tokens
 
 SMOLLM2 = "smollm2-135m"
@@ -93,10 +98,14 @@ class EvalConfig:
     max_new_tokens: int = PAPERS_MAX_NEW_TOKENS  # generate: a row stops earlier at EOS
     general_passages: int = 16  # general-ability perplexity passages (0 = off)
     general_tokens: int = 128
+    schedule: str = "auto"  # one of EVAL_SCHEDULES
+    every_k: int = 2  # schedule every_k: a full row after every k-th stage
 
     def __post_init__(self):
         raise_problems([
             one_of("eval.mode", self.mode, EVAL_MODES),
+            one_of("eval.schedule", self.schedule, EVAL_SCHEDULES),
+            at_least("eval.every_k", self.every_k, 1),
             at_least("eval.batch_size", self.batch_size, 1),
             at_least("eval.max_new_tokens", self.max_new_tokens, 1),
             at_least("eval.general_passages", self.general_passages, 0),
@@ -181,6 +190,7 @@ class RunConfig:
     keep_checkpoints: bool = False
     leaderboard: bool = True  # regenerate the leaderboard after the run
     tag: str = ""
+    dry_run: bool = False  # print the run's plan (stages, steps, evaluation cells) and stop, loading no model
 
 
 # the default strategy of a run, and so the leaderboard's default baseline

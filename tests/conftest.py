@@ -142,6 +142,12 @@ def schema_record(run_id: str = "r", seed: int = 1, config_hash: str | None = No
 
     rec = json.loads(TEMPLATE_RECORD.read_text())
     rec["run_id"], rec["seed"], rec["config"]["seed"] = run_id, seed, seed
+    rows, tasks = rec["matrix"]["rows"], rec["matrix"]["columns"]
+    # the template was made before records described their evaluations: a full schedule, as its matrix shows
+    rec["evaluation"] = {"schedule": "full", "every_k": 2, "cells": len(rows) * len(tasks),
+                         "full_cells": len(rows) * len(tasks), "eval_s": 1.0, "estimate_s": None, "unavailable": {},
+                         "rows": [{"after": r, "cells": len(tasks), "prompts": 1, "generated_tokens": 0, "seconds": 0.1}
+                                  for r in rows]}
     if config_hash is not None:
         rec["config_hash"] = config_hash
     return rec

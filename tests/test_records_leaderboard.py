@@ -44,7 +44,11 @@ def _rec(strategy="seq_lora", seed=1, aa_last=(50.0, 60.0), chash="abc", run_id=
             # the primary mode's scores are the matrix and metrics themselves (the same objects), as build_record
             # makes them: a test that spoils one spoils both
             "scores": {"loglik": {"values": R, "metrics": metrics}}, "primary_mode": "loglik",
-            "predictions": {"folder": f"{run_id}.predictions", "files": []}}
+            "predictions": {"folder": f"{run_id}.predictions", "files": []},
+            "evaluation": {"schedule": "full", "every_k": 2, "cells": 6, "full_cells": 6, "eval_s": 1.0,
+                           "estimate_s": None, "unavailable": {},
+                           "rows": [{"after": a, "cells": 2, "prompts": 4, "generated_tokens": 0, "seconds": 0.3}
+                                    for a in ("zero-shot", "a", "b")]}}
 
 
 def test_the_test_record_matches_the_schema():

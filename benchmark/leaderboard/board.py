@@ -70,8 +70,13 @@ def _matrix_defect(rec: dict) -> str | None:
     R = matrix["values"]
     if not R[0]:
         return "accuracy matrix has no columns"
-    if not all(_is_number(v) for row in R for v in row):
+    if not all(_is_number(v) or v is None for row in R for v in row):
         return "accuracy matrix holds a value that is not a number"
+    if any(v is None for row in R for v in row):  # cells the evaluation schedule did not score
+        if (rec.get("evaluation") or {}).get("schedule") in (None, "full"):
+            return "accuracy matrix has cells that were not evaluated, yet its evaluation schedule is full"
+        if any(v is None for v in R[0] + R[-1]):
+            return "accuracy matrix lacks a cell of the zero-shot or final row, which every schedule evaluates"
     if len(matrix.get("rows", ())) != len(R) or len(matrix.get("columns", ())) != len(R[0]):
         return "accuracy matrix rows/columns do not match its values"
     return None
@@ -377,4 +382,5 @@ def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE,
             "mode": mode, "mode_note": note, "claims": claims_mod.judge(claims, rows) if claims else [],
             "duplicates": [(short(str(d)), short(str(k))) for d, k in dups],
             "source": runs_dir.name if runs_dir.parent == out_dir else str(runs_dir),
-            "records_href": _records_href(runs_dir, out_dir)}
+            "records_href": _records_href(runs_dir, out_dir),
+            "unavailable": sorted({k for _, r in kept for k in ((r.get("evaluation") or {}).get("unavailable") or {})})}

@@ -14,7 +14,7 @@ from typing import Any
 from markupsafe import Markup
 
 from benchmark.leaderboard.board import ANATOMY, COST
-from benchmark.records.metrics import PAIRED, QUALITY, Metric
+from benchmark.records.metrics import METRICS, PAIRED, QUALITY, Metric
 from benchmark.records.store import BOOKKEEPING
 
 Row = dict[str, Any]  # a row of board.group_runs
@@ -182,8 +182,9 @@ COLUMNS: list[Column] = (
 # ---------------------------------------------------------------- the words around the tables
 
 
-def explanation(baseline: str) -> list[str]:
-    """How every number on the page is computed; shared by the Markdown and HTML pages."""
+def explanation(baseline: str, unavailable: list[str] | None = None) -> list[str]:
+    """How every number on the page is computed; shared by the Markdown and HTML pages. `unavailable`: the
+    metrics some records leave null because their evaluation schedule did not score the cells they read."""
     return [
         "Quality cells: mean ± sample standard deviation over seeds, then in brackets the 95 % confidence interval "
         "of the mean, mean ± t(0.975, n−1) · sd / √n (Student t over the n seeds; \"n/a (1 seed)\" with one seed). "
@@ -201,7 +202,10 @@ def explanation(baseline: str) -> list[str]:
         "before it, the % that are a label of another task of the stream (the answer format was overwritten) or no "
         "label at all (empty, malformed, over-long); the rest are another label of the task itself. Mean ± sd over "
         "seeds; generation-scored rows only.",
-    ]
+    ] + ([f"Not computed in some runs: {', '.join(METRICS[k].label for k in unavailable)}. Those runs scored only "
+          "the cells their evaluation schedule needs (eval.schedule papers or every_k: each task after its stage, "
+          "the cell before it, the zero-shot and final rows), and these metrics read other cells; a cell shows the "
+          "mean over the seeds that define it, \"–\" where none does."] if unavailable else [])
 
 
 MODE_NAMES = {"generate": "generation (greedy, exact match: the papers' mode)",

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from benchmark.records import predictions as predictions_mod
-from benchmark.records.metrics import all_metrics, general_retention
-from benchmark.records.schema import (SCHEMA, Anatomy, Cost, GenerationStats, Matrix, MatrixBlock, Model, Predictions,
+from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, missing_cells
+from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GenerationStats, Matrix, MatrixBlock, Model, Predictions,
                                       Provenance, RunRecord, Score, ScoreMode, Setup, Stage, Stream, TaskAnatomy)
 
 
@@ -38,11 +38,22 @@ def cost_of(stages: list[Stage], *, wall_s: float, peak_memory_mb: float, traina
                 trainable_params=trainable_params, processes=processes, device=device, mixed_precision=mixed_precision)
 
 
+def evaluation_of(schedule: str, every_k: int, rows: list[EvaluationRow], n_tasks: int, eval_s: float,
+                  estimate_s: float | None, primary: Score) -> Evaluation:
+    """What the evaluations scored and cost, and which metrics are null for cells the schedule did not score."""
+    missing = missing_cells(primary["values"])
+    return Evaluation(schedule=schedule, every_k=every_k, cells=sum(r["cells"] for r in rows),
+                      full_cells=len(primary["values"]) * n_tasks, rows=rows, eval_s=round(eval_s, 2),
+                      estimate_s=estimate_s,
+                      unavailable={k: why for k, why in NEEDS_EVERY_ROW.items()
+                                   if missing and primary["metrics"].get(k) is None})
+
+
 def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], config_hash: str, stream: Stream,
                  strategy_name: str, model: Model, scores: dict[ScoreMode, Score], primary: ScoreMode,
                  stages: list[Stage], generation_rows: list[dict[str, GenerationStats] | None],
                  anatomy_rows: list[dict[str, TaskAnatomy] | None], resumed_after_stages: list[int], cost: Cost,
-                 setup: Setup, provenance: Provenance, predictions: Predictions) -> RunRecord:
+                 setup: Setup, provenance: Provenance, predictions: Predictions, evaluation: Evaluation) -> RunRecord:
     matrix = MatrixBlock(rows=["zero-shot"] + ["+".join(s["tasks"]) for s in stages], columns=stream["tasks"],
                          values=scores[primary]["values"], unit="accuracy %")
     anatomy = Anatomy(rows=anatomy_rows, summary=predictions_mod.summarize_anatomy(
@@ -72,4 +83,5 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
         scores=scores,
         primary_mode=primary,
         predictions=predictions,
+        evaluation=evaluation,
     )

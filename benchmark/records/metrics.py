@@ -7,6 +7,9 @@ final-row metrics are defined for it, the others are None.
 
 All averages are macro (mean of per-task scores), as the O-LoRA/MIGU/GeRe papers report, never pooled over
 examples.
+
+A cell that was not evaluated (eval.schedule papers or every_k: benchmark/runner/schedule.py) is None; a metric
+that would read one is None too, never computed from the cells that happen to be there.
 """
 from __future__ import annotations
 
@@ -63,9 +66,36 @@ def _sequential(R: Matrix) -> bool:
     return len(R) == len(R[0]) + 1
 
 
+class _Missing(Exception):
+    """A metric read a cell that was not evaluated."""
+
+
+def _cells(values) -> list[float]:
+    values = list(values)
+    if any(v is None for v in values):
+        raise _Missing
+    return values
+
+
+def _defined(fn, *args) -> Optional[float]:
+    try:
+        return fn(*args)
+    except _Missing:
+        return None
+
+
+def missing_cells(R: Matrix) -> bool:
+    return any(v is None for row in R for v in row)
+
+
+# the metrics that read cells the papers' schedule does not evaluate (and the reason a record gives for their null)
+NEEDS_EVERY_ROW = {"forgetting": "reads every row after a task's stage; this schedule did not evaluate them all",
+                   "avg_incremental_accuracy": "reads every row's seen tasks; this schedule did not evaluate them all"}
+
+
 def average_accuracy(R: Matrix) -> float:
     """AA / ACC / OP / AP = (1/T) sum_i R[T, i]: mean accuracy over all tasks after the last stage."""
-    last = R[-1]
+    last = _cells(R[-1])
     return sum(last) / len(last)
 
 
@@ -74,7 +104,7 @@ def learning_accuracy(R: Matrix) -> Optional[float]:
     if not _sequential(R):
         return None
     T = len(R[0])
-    return sum(R[i + 1][i] for i in range(T)) / T
+    return sum(_cells(R[i + 1][i] for i in range(T))) / T
 
 
 def backward_transfer(R: Matrix) -> Optional[float]:
@@ -85,7 +115,7 @@ def backward_transfer(R: Matrix) -> Optional[float]:
     if not _sequential(R) or len(R[0]) < 2:
         return None
     T = len(R[0])
-    return sum(R[T][i] - R[i + 1][i] for i in range(T - 1)) / (T - 1)
+    return sum(a - b for a, b in zip(_cells(R[T][:T - 1]), _cells(R[i + 1][i] for i in range(T - 1)))) / (T - 1)
 
 
 def forgetting(R: Matrix) -> Optional[float]:
@@ -96,7 +126,7 @@ def forgetting(R: Matrix) -> Optional[float]:
     if not _sequential(R) or len(R[0]) < 2:
         return None
     T = len(R[0])
-    return sum(max(R[l][i] for l in range(i + 1, T)) - R[T][i] for i in range(T - 1)) / (T - 1)
+    return sum(max(_cells(R[l][i] for l in range(i + 1, T))) - _cells([R[T][i]])[0] for i in range(T - 1)) / (T - 1)
 
 
 def forward_transfer(R: Matrix, reference: Optional[Sequence[float]] = None) -> Optional[float]:
@@ -110,10 +140,10 @@ def forward_transfer(R: Matrix, reference: Optional[Sequence[float]] = None) -> 
         return None
     T = len(R[0])
     if reference is not None:
-        return sum(R[i + 1][i] - reference[i] for i in range(T)) / T
+        return sum(v - reference[i] for i, v in enumerate(_cells(R[i + 1][i] for i in range(T)))) / T
     if T < 2:
         return None
-    return sum(R[i][i] - R[0][i] for i in range(1, T)) / (T - 1)
+    return sum(a - b for a, b in zip(_cells(R[i][i] for i in range(1, T)), _cells(R[0][1:]))) / (T - 1)
 
 
 def average_incremental_accuracy(R: Matrix) -> Optional[float]:
@@ -121,7 +151,7 @@ def average_incremental_accuracy(R: Matrix) -> Optional[float]:
     if not _sequential(R):
         return None
     T = len(R[0])
-    return sum(sum(R[t][:t]) / t for t in range(1, T + 1)) / T
+    return sum(sum(_cells(R[t][:t])) / t for t in range(1, T + 1)) / T
 
 
 def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -> dict[str, Optional[float]]:
@@ -133,14 +163,14 @@ def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -
 
 def all_metrics(R: Matrix, reference: Optional[Sequence[float]] = None) -> dict[str, Optional[float]]:
     out = {
-        "aa": average_accuracy(R),
-        "bwt": backward_transfer(R),
-        "fwt": forward_transfer(R),
-        "forgetting": forgetting(R),
-        "learning_accuracy": learning_accuracy(R),
-        "avg_incremental_accuracy": average_incremental_accuracy(R),
-        "zero_shot_aa": sum(R[0]) / len(R[0]),
+        "aa": _defined(average_accuracy, R),
+        "bwt": _defined(backward_transfer, R),
+        "fwt": _defined(forward_transfer, R),
+        "forgetting": _defined(forgetting, R),
+        "learning_accuracy": _defined(learning_accuracy, R),
+        "avg_incremental_accuracy": _defined(average_incremental_accuracy, R),
+        "zero_shot_aa": _defined(lambda M: sum(_cells(M[0])) / len(M[0]), R),
     }
     if reference is not None:
-        out["fwt_vs_single_task"] = forward_transfer(R, reference)
+        out["fwt_vs_single_task"] = _defined(forward_transfer, R, reference)
     return {k: (None if v is None else round(v, 6)) for k, v in out.items()}

@@ -160,19 +160,19 @@ def _key(mode: str) -> str:
     return "correct" if mode == "generate" else "correct_loglik"
 
 
-def accuracies(lines: list[dict], tasks: list[str]) -> dict[str, list[float]]:
-    """{mode: accuracy % per task} for the modes present in one evaluation's lines. Correctness is recomputed
-    from the raw generation and choice, not read from the stored flags."""
-    out: dict[str, list[float]] = {}
+def accuracies(lines: list[dict], tasks: list[str]) -> dict[str, list[float | None]]:
+    """{mode: accuracy % per task} for the modes present in one evaluation's lines; None for a task the
+    evaluation did not score (eval.schedule). Correctness is recomputed from the raw generation and choice, not
+    read from the stored flags."""
+    by_task: dict[str, list[dict]] = {t: [] for t in tasks}
+    for line in lines:
+        by_task.setdefault(line["task"], []).append(line)
+    out: dict[str, list[float | None]] = {}
     for mode in MODES:
-        row = []
-        for t in tasks:
-            mine = [l for l in lines if l["task"] == t]
-            if not mine or any(_judge(l, mode) is None for l in mine):
-                break
-            row.append(round(100.0 * sum(bool(_judge(l, mode)) for l in mine) / len(mine), 4))
-        else:
-            out[mode] = row
+        judged = [[_judge(line, mode) for line in by_task[t]] for t in tasks]
+        if any(v is None for row in judged for v in row) or not any(judged):
+            continue
+        out[mode] = [round(100.0 * sum(map(bool, row)) / len(row), 4) if row else None for row in judged]
     return out
 
 
@@ -213,7 +213,8 @@ def anatomy(lines: list[dict], labels: dict[str, list[str]], just_trained: list[
         for lab in labs:
             owners.setdefault(normalize_answer(lab), []).append(t)
     out = {}
-    for t in labels:
+    scored = {line["task"] for line in lines}
+    for t in (t for t in labels if t in scored):  # the tasks this evaluation scored (eval.schedule)
         c = {"examples": 0, "wrong": 0, "same_task_label": 0, "other_task_label": 0, "just_trained": 0,
              "no_label": 0, "empty": 0, "over_long": 0, "malformed": 0, "other_tasks": {}}
         own = {normalize_answer(x) for x in labels[t]}

@@ -19,7 +19,9 @@ ScoreMode = Literal["generate", "loglik"]  # the scores a record holds
 EVAL_MODES: tuple[str, ...] = get_args(EvalMode)
 SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 
-Matrix = list[list[float]]  # rows: zero-shot, then one per stage; columns: the stream's tasks; accuracy %
+# rows: zero-shot, then one per stage; columns: the stream's tasks; accuracy %; None where the evaluation schedule
+# scored no cell (benchmark/runner/schedule.py)
+Matrix = list[list[Optional[float]]]
 
 
 class Metrics(TypedDict):
@@ -162,6 +164,25 @@ class Stage(TypedDict):
     examples: int
 
 
+class EvaluationRow(TypedDict):
+    after: str  # zero-shot, or the stage's tasks
+    cells: int  # tasks scored
+    prompts: int  # test examples scored
+    generated_tokens: int  # new tokens generated (0 without generation)
+    seconds: float
+
+
+class Evaluation(TypedDict):
+    schedule: Literal["full", "papers", "every_k"]  # what ran (eval.schedule auto resolved)
+    every_k: int
+    cells: int  # scored cells of the accuracy matrix; a cell not scored is null in every matrix
+    full_cells: int  # (rows) x (tasks): what the full schedule scores
+    rows: list[EvaluationRow]
+    eval_s: float  # seconds in evaluation (this attempt's rows and the resumed ones), general perplexity included
+    estimate_s: Optional[float]  # the run's wall time as predicted after its first stage (None: one stage)
+    unavailable: dict[str, str]  # metric: why it is null (cells this schedule did not score)
+
+
 class Setup(TypedDict):
     world_size: int
     per_device_batch: int
@@ -245,12 +266,13 @@ class RunRecord(TypedDict):
     scores: dict[ScoreMode, Score]  # every mode computed
     primary_mode: ScoreMode
     predictions: Predictions
+    evaluation: Evaluation
 
 
 # keys the runner began to write after the first published records: a record without them is read through
 # benchmark/records/store.py `upgrade`; every other key of RunRecord is required of every record ever written
 LATER_KEYS = frozenset({"prompt_format", "generation", "anatomy", "resumed", "setup", "scores", "primary_mode",
-                        "predictions"})
+                        "predictions", "evaluation"})
 REQUIRED_ALWAYS = frozenset(RunRecord.__required_keys__ - LATER_KEYS)
 
 

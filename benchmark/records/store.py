@@ -35,10 +35,14 @@ def canonical_json(obj: Any) -> str:
 
 # keys that do not change results; seed too, so that runs differing only in seed share a hash (a leaderboard row)
 BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
+# settings that decide which cells are evaluated, not what any evaluated cell or defined metric is: runs that
+# differ only in them are one configuration, pooled on the metrics they both define
+NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("eval", "schedule"), ("eval", "every_k"))
 # settings added after records were published, with the default that keeps the earlier behaviour: a config that
 # holds the default is identified as one without the key, so a new setting does not split existing groups
 LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {},
-                                               ("trainer", "gradient_checkpointing"): False}
+                                               ("trainer", "gradient_checkpointing"): False,
+                                               ("dry_run",): False}  # a dry run writes no record
 
 
 # every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter
@@ -88,6 +92,12 @@ def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None
     that are not 1 (`task_versions`: the versions to use, e.g. recorded_task_versions of a stored record;
     default: those of task_streams/tasks.yaml now)."""
     cleaned = json.loads(canonical_json({k: v for k, v in config.items() if k not in BOOKKEEPING}))
+    for *parents, key in NOT_IDENTITY:
+        node = cleaned
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     for path, default in LATER_DEFAULTS.items():
         node = cleaned
         for key in path[:-1]:

@@ -11,6 +11,7 @@ from benchmark.modeling import scoring
 from benchmark.modeling.data import Encoded
 from benchmark.records import predictions
 from benchmark.records.predictions import PredictionLine
+from benchmark.records.schema import EvaluationRow
 from benchmark.runner.context import RunContext
 from benchmark.runner.loop import reduce_sum
 
@@ -20,16 +21,17 @@ if TYPE_CHECKING:
 
 
 def evaluate_all(ctx: RunContext, strategy: Strategy, tests: dict[str, list[Encoded]], row: int,
-                 after: str) -> list[PredictionLine]:
-    """Every task of the stream, seen and unseen, scored with the strategy's evaluation model as eval.mode asks.
-    Returns the prediction lines of all processes (benchmark/records/predictions.py), on every process."""
+                 after: str, tasks: list[str] | None = None) -> list[PredictionLine]:
+    """The stream's tasks that this row of the evaluation schedule scores (all of them by default), seen and
+    unseen, with the strategy's evaluation model as eval.mode asks. Returns the prediction lines of all processes
+    (benchmark/records/predictions.py), on every process."""
     acc, tok = ctx.accelerator, ctx.tokenizer
     decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
     lines: list[PredictionLine] = []
     ctx.model.eval()
     # every row under the precision training uses, the zero-shot row included, so that FWT compares like with like
     with strategy.eval_model(ctx), acc.autocast():
-        for task in ctx.stream.tasks:
+        for task in (t for t in ctx.stream.tasks if tasks is None or t.name in tasks):
             examples = tests[task.name]
             mine = scoring.shard(examples, acc.process_index, acc.num_processes)
             bar = f"eval {after} {task.name}" if acc.is_local_main_process else None
@@ -47,10 +49,14 @@ def evaluate_all(ctx: RunContext, strategy: Strategy, tests: dict[str, list[Enco
 
 
 def record_evaluation(ctx: RunContext, state: RunState, lines: list[PredictionLine], row: int, after: str,
-                      just_trained: list[str], folder: Path) -> dict[str, list[float]]:
+                      just_trained: list[str], folder: Path, seconds: float) -> dict[str, list[float | None]]:
     """Accuracy per mode, generation lengths and the anatomy of errors of one evaluation, all computed from its
-    prediction lines (so that the files re-score to the record), into the run state; the lines go to a file."""
+    prediction lines (so that the files re-score to the record), into the run state with what it cost; the lines
+    go to a file."""
     tasks = ctx.stream.task_names
+    state.eval_rows.append(EvaluationRow(after=after, cells=len({line["task"] for line in lines}), prompts=len(lines),
+                                         generated_tokens=sum(line["gen_tokens"] or 0 for line in lines),
+                                         seconds=round(seconds, 3)))
     accs = predictions.accuracies(lines, tasks)
     for mode, values in accs.items():
         state.matrices.setdefault(mode, []).append(values)

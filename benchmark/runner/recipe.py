@@ -23,14 +23,14 @@ from benchmark.modeling.data import Encoder, use_chat_template
 from benchmark.modeling.model import decoder_start, enable_activation_checkpointing, load_model
 from benchmark.records import build, predictions, store
 from benchmark.records.schema import Setup, Stage
-from benchmark.runner import engines, preflight
+from benchmark.runner import engines, preflight, schedule
 from benchmark.runner.checkpoint import Checkpointer
 from benchmark.runner.context import RunContext
 from benchmark.runner.evaluate import evaluate_all, general_ppl, general_sequences, record_evaluation
 from benchmark.runner.lock import RunLock
 from benchmark.runner.loggers import make_logger
-from benchmark.runner.loop import train_stage
-from task_streams import DataConfig, load_stream
+from benchmark.runner.loop import stage_epochs, train_stage
+from task_streams import DataConfig, Stream, Task, load_stream
 
 if TYPE_CHECKING:
     from strategies.base import Strategy
@@ -71,6 +71,9 @@ class RunState:
     previous_attempts_s: float = 0.0  # wall time of earlier attempts up to their last checkpoint
     resumed_after_stages: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    eval_rows: list[dict] = field(default_factory=list)  # what each evaluation scored and cost
+    eval_s: float = 0.0
+    estimate_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -84,6 +87,9 @@ class RunState:
 def run(cfg: RunConfig, strategy: Strategy | None = None) -> Path | None:
     """One run; returns the record path (on the main process). `strategy` overrides cfg.strategy (tests)."""
     t_start = time.perf_counter()
+    if cfg.dry_run:
+        print(dry_run(cfg, strategy), flush=True)
+        return None
     preflight.check(cfg)  # the machine's abilities, before anything loads
     engines.export_submitit_distributed()
     cfg_dict = resolved_config(cfg)
@@ -111,11 +117,47 @@ def resolved_config(cfg: RunConfig) -> dict[str, Any]:
     return cfg_dict
 
 
+def _strategy(cfg: RunConfig, strategy: Strategy | None) -> Strategy:
+    # here, not at the top: strategies import benchmark.api, which imports this room
+    from strategies.base import build as build_strategy
+
+    return strategy or build_strategy(dict(config_dict(cfg)["strategy"]))  # validates before any loading
+
+
+def _stream(cfg: RunConfig) -> Stream:
+    data_cfg = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**config_dict(cfg)["data"])
+    return load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
+
+
+def dry_run(cfg: RunConfig, strategy: Strategy | None = None) -> str:
+    """The run's plan without loading the model: stages, training examples and optimizer steps, and the cells and
+    prompts each evaluation scores under eval.schedule (`clbench-run ... dry_run=true`)."""
+    strategy, stream = _strategy(cfg, strategy), _stream(cfg)
+    stages = strategy.stages(stream.tasks)
+    names = [[t.name for t in st] for st in stages]
+    resolved = schedule.resolve(cfg.eval, len(stages))
+    rows = schedule.plan(names, stream.task_names, resolved, cfg.eval.every_k)
+    n_test = {t.name: len(t.test) for t in stream.tasks}
+    lines = [f"plan of {getattr(strategy, 'name', '?')} on {stream.name} (no model loaded): {len(stages)} stages, "
+             f"eval.schedule {cfg.eval.schedule} -> {resolved}",
+             f"{'after':<28}{'train examples':>15}{'steps':>8}{'cells':>7}{'prompts':>9}"]
+    steps_total = 0
+    for i, row in enumerate(rows):
+        tasks = stages[i - 1] if i else []
+        n_train = sum(len(t.train) for t in tasks)
+        steps = schedule.optimizer_steps(n_train, cfg.trainer, stage_epochs(cfg.trainer, tasks)) if i else 0
+        steps_total += steps
+        after = "+".join(names[i - 1]) if i else "zero-shot"
+        lines.append(f"{after[:27]:<28}{n_train:>15}{steps:>8}{len(row):>7}{sum(n_test[t] for t in row):>9}")
+    full = len(rows) * len(stream.task_names)
+    lines.append(f"total: {steps_total} optimizer steps (before replayed rows), {schedule.cells(rows)} of {full} "
+                 f"cells, {sum(n_test[t] for r in rows for t in r)} prompts scored")
+    return "\n".join(lines)
+
+
 def build_context(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[RunContext, Strategy, dict]:
     """Accelerator, seed, strategy, stream, model with the strategy's adapters: everything before the first
     evaluation. Shared by `run` and the bench scripts, so that they measure exactly what a run does."""
-    from strategies.base import build as build_strategy
-
     cfg_dict = resolved_config(cfg)
     tcfg = cfg.trainer
     if tcfg.num_threads:
@@ -124,10 +166,9 @@ def build_context(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[Run
     acc = Accelerator(cpu=tcfg.device == "cpu", mixed_precision=tcfg.mixed_precision)
     set_seed(cfg.seed)
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
-    strategy = strategy or build_strategy(dict(cfg_dict["strategy"]))  # validates before any loading
+    strategy = _strategy(cfg, strategy)
     engines.check_engine(strategy, acc)
-    data_cfg = cfg.data if isinstance(cfg.data, DataConfig) else DataConfig(**cfg_dict["data"])
-    stream = load_stream(cfg.stream.name, data_cfg, tasks=cfg.stream.tasks, missing=cfg.stream.missing)
+    stream = _stream(cfg)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     model_info["chat_template"] = chat  # what auto resolved to, for the record and the leaderboard
@@ -162,6 +203,8 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
     tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
     stages = strategy.stages(stream.tasks)
     primary = cfg.eval.primary
+    resolved = schedule.resolve(cfg.eval, len(stages))
+    plan = schedule.plan([[t.name for t in st] for st in stages], stream.task_names, resolved, cfg.eval.every_k)
 
     ckpt = Checkpointer(paths.checkpoints)
     pred_dir = ckpt.folder / "predictions"  # kept with the checkpoint until the record is written
@@ -174,10 +217,27 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
     trained_names: set[str] = set(state.trained_names)
     ctx.logger = make_logger(cfg, cfg_dict, paths.run_key, acc.is_main_process)
 
+    def evaluate(row: int, after: str, just_trained: list[str]) -> list[float | None]:
+        """The row's cells of the schedule, recorded with what they cost."""
+        t0 = time.perf_counter()
+        lines = evaluate_all(ctx, strategy, tests, row, after, plan[row])
+        seconds = time.perf_counter() - t0
+        state.eval_s += seconds
+        return record_evaluation(ctx, state, lines, row, after, just_trained, pred_dir, seconds)[primary]
+
+    def perplexity() -> float | None:
+        t0 = time.perf_counter()
+        ppl = general_ppl(ctx, strategy, general_seqs)
+        state.eval_s += time.perf_counter() - t0
+        return ppl
+
     general_seqs = general_sequences(ctx)
     if start == 0:
-        state.ppl_before = general_ppl(ctx, strategy, general_seqs)
-        record_evaluation(ctx, state, evaluate_all(ctx, strategy, tests, 0, "zero-shot"), 0, "zero-shot", [], pred_dir)
+        if acc.is_main_process:
+            print(f"{len(stages)} stages; eval.schedule {resolved}: {schedule.cells(plan)} of "
+                  f"{len(plan) * len(stream.tasks)} cells (dry_run=true prints the whole plan)", flush=True)
+        state.ppl_before = perplexity()
+        evaluate(0, "zero-shot", [])
     for s in range(start, len(stages)):
         ctx.stage, ctx.tasks = s + 1, stages[s]
         names = [t.name for t in ctx.tasks]
@@ -186,22 +246,25 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         trained_names |= {n for n, p in ctx.model.named_parameters() if p.requires_grad}
         stats = train_stage(ctx, strategy, items)
         strategy.after_stage(ctx)
-        lines = evaluate_all(ctx, strategy, tests, s + 1, "+".join(names))
-        row = record_evaluation(ctx, state, lines, s + 1, "+".join(names), names, pred_dir)[primary]
+        row = evaluate(s + 1, "+".join(names), names)
         state.stage_stats.append(stats)
         state.trained_names = sorted(trained_names)
+        if s == 0 and len(stages) > 1:
+            state.estimate_s = _estimate(cfg, stages, plan, state, time.perf_counter() - t_start)
         if acc.is_main_process:
             print(f"stage {s + 1}/{len(stages)} ({'+'.join(names)}): " +
-                  " ".join(f"{t.name}={v:.1f}" for t, v in zip(stream.tasks, row)), flush=True)
+                  " ".join(f"{t.name}={v:.1f}" for t, v in zip(stream.tasks, row) if v is not None), flush=True)
+            if s == 0 and state.estimate_s is not None:
+                print(f"estimated wall time of the run: {state.estimate_s:.0f} s", flush=True)
             strat_tensors, strat_meta = strategy.state_dict()
             state.elapsed_s = round(state.previous_attempts_s + time.perf_counter() - t_start, 2)
             ckpt.save(s + 1, ctx.model, trained_names, strat_tensors,
                       {"strategy_meta": strat_meta, "run_state": state.to_json()})
         acc.wait_for_everyone()
         PROGRESS.stage_saved(s + 1)
-        ctx.logger.log({f"acc/{t.name}": v for t, v in zip(stream.tasks, row)})
+        ctx.logger.log({f"acc/{t.name}": v for t, v in zip(stream.tasks, row) if v is not None})
 
-    scores = build.scores_of(state.matrices, state.ppl_before, general_ppl(ctx, strategy, general_seqs))
+    scores = build.scores_of(state.matrices, state.ppl_before, perplexity())
     # what `target_modules: [auto]` resolved to on this model (adapters may be added per stage: read at the end)
     targets = {t for c in getattr(ctx.model, "peft_config", {}).values() for t in (c.target_modules or ())}
     if targets:
@@ -223,13 +286,31 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
                                peak_memory_mb=_peak_memory_mb(acc.device), trainable_params=n_trainable,
                                processes=acc.num_processes, device=str(acc.device),
                                mixed_precision=str(acc.mixed_precision)),
-            setup=_setup(cfg, acc), provenance=store.provenance(), predictions=published)
+            setup=_setup(cfg, acc), provenance=store.provenance(), predictions=published,
+            evaluation=build.evaluation_of(resolved, cfg.eval.every_k, state.eval_rows, len(stream.tasks),
+                                           state.eval_s, state.estimate_s, scores[primary]))
         rec_path = store.write_record(record, paths.runs)
         if not cfg.keep_checkpoints:
             ckpt.remove()
         ctx.logger.finish(stream.task_names, record["matrix"]["values"], record["metrics"])
     acc.wait_for_everyone()
     return rec_path
+
+
+def _estimate(cfg: RunConfig, stages: list[list[Task]], plan: list[list[str]], state: RunState,
+              elapsed: float) -> float:
+    """The run's wall time, predicted after its first stage from the plan (optimizer steps before replayed rows,
+    prompts per evaluation) and the throughput measured so far (training seconds per step, evaluation seconds
+    per prompt)."""
+    first = state.stage_stats[0]
+    per_step = first["seconds"] / max(first["steps"], 1)
+    prompts_done = sum(r["prompts"] for r in state.eval_rows)
+    per_prompt = state.eval_s / max(prompts_done, 1)
+    n_test = {t.name: len(t.test) for st in stages for t in st}
+    steps_left = sum(schedule.optimizer_steps(sum(len(t.train) for t in st), cfg.trainer, stage_epochs(cfg.trainer, st))
+                     for st in stages[1:])
+    prompts_left = sum(n_test.get(t, 0) for row in plan[2:] for t in row)
+    return round(elapsed + steps_left * per_step + prompts_left * per_prompt, 1)
 
 
 def _setup(cfg: RunConfig, acc: Accelerator) -> Setup:
