@@ -98,6 +98,10 @@ class EvalConfig:
     max_new_tokens: int = PAPERS_MAX_NEW_TOKENS  # generate: a row stops earlier at EOS
     general_passages: int = 16  # general-ability perplexity passages (0 = off)
     general_tokens: int = 128
+    # 0: batches of batch_size prompts; else as many length-sorted prompts as fit this many padded tokens (prompt
+    # and new tokens): more rows per batch on short prompts, sized for the device. Other batches may round
+    # differently, so it is part of the configuration's identity
+    batch_tokens: int = 0
     schedule: str = "auto"  # one of EVAL_SCHEDULES
     every_k: int = 2  # schedule every_k: a full row after every k-th stage
 
@@ -107,6 +111,7 @@ class EvalConfig:
             one_of("eval.schedule", self.schedule, EVAL_SCHEDULES),
             at_least("eval.every_k", self.every_k, 1),
             at_least("eval.batch_size", self.batch_size, 1),
+            at_least("eval.batch_tokens", self.batch_tokens, 0),
             at_least("eval.max_new_tokens", self.max_new_tokens, 1),
             at_least("eval.general_passages", self.general_passages, 0),
             at_least("eval.general_tokens", self.general_tokens, 2),

@@ -122,3 +122,24 @@ def test_a_dry_run_prints_the_plan_without_loading_the_model(tmp_path, monkeypat
     out = capsys.readouterr().out
     assert "5 stages, eval.schedule papers -> papers" in out
     assert "18 of 30 cells" in out and not (tmp_path / "runs").exists()
+
+
+def test_token_bounded_batches_cover_every_prompt_within_the_budget():
+    from benchmark.modeling.data import token_bounded_batches
+
+    lengths = [5, 40, 12, 12, 3, 90, 7, 30]
+    batches = token_bounded_batches(lengths, max_tokens=64, extra=4)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:  # longest first: each batch's padded size is its first row's length times its rows
+        assert lengths[b[0]] == max(lengths[i] for i in b)
+        assert len(b) == 1 or len(b) * (lengths[b[0]] + 4) <= 64
+    assert [5] in batches  # the row longer than the budget runs alone
+    assert len(token_bounded_batches([4] * 32, max_tokens=64)) == 2  # short prompts fill a batch by tokens
+
+
+def test_a_run_with_token_bounded_evaluation_batches_scores_every_prompt(tmp_path):
+    from benchmark.runner import recipe
+
+    rec = json.loads(recipe.run(compose_cfg(TINY_RUN + [f"results_dir={tmp_path}", "eval.batch_tokens=256"])).read_text())
+    assert all(v is not None for row in rec["matrix"]["values"] for v in row)
+    assert rec["config"]["eval"]["batch_tokens"] == 256

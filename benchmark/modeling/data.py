@@ -109,6 +109,20 @@ class Encoder:
         return collate_lm(seqs, self.tok.pad_token_id, self.decoder_start, self.tok.eos_token_id)
 
 
+def token_bounded_batches(lengths: list[int], max_tokens: int, extra: int = 0) -> list[list[int]]:
+    """Indices sorted by length (longest first, so that a batch too large for the device fails at once), cut into
+    batches whose padded size, rows x (longest + extra), stays within max_tokens; a row longer than the budget
+    is a batch of its own. `extra`: tokens each row adds after its prompt (generation, packed labels)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and (len(batches[-1]) + 1) * (lengths[batches[-1][0]] + extra) <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int, shuffle: bool = True,
                             window: int = 50) -> list[list[int]]:
     """Batches of similar length: shuffle, sort inside windows of `window` batches, shuffle the batch order.

@@ -21,7 +21,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from benchmark.modeling.data import Encoded, collate_lm, length_bucketed_batches, pad_batch
+from benchmark.modeling.data import Encoded, collate_lm, length_bucketed_batches, pad_batch, token_bounded_batches
 from benchmark.config import EvalConfig
 from benchmark.records.schema import EVAL_MODES
 from benchmark.errors import ClbenchError
@@ -298,9 +298,7 @@ def _greedy_seq2seq(model, enc, mask, start: int, max_new_tokens: int, eos_id: i
 def _score_seq2seq(model, examples, answers, pad_id, eos_id, cfg: "EvalConfig", device, decode, progress,
                    start: int) -> list["Scored"]:
     results = [Scored(i) for i in range(len(examples))]
-    batches = length_bucketed_batches([len(e.prompt) for e in examples], cfg.batch_size, seed=0, shuffle=False,
-                                      window=10**9)
-    for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+    for batch in tqdm(eval_batches(examples, cfg), desc=progress, disable=progress is None, leave=False):
         enc, mask = _encode_prompts(model, [examples[i].prompt for i in batch], pad_id, device)
         if cfg.ranks_labels:
             _set_choices(results, batch, _seq2seq_label_scores(model, enc, mask, answers, start, pad_id,
@@ -327,6 +325,15 @@ def _set_generations(results: list["Scored"], batch: list[int], tokens: torch.Te
 
 
 @torch.inference_mode()
+def eval_batches(examples: list[Encoded], cfg: EvalConfig, extra: int = 0) -> list[list[int]]:
+    """The evaluation's batches: eval.batch_size prompts of similar length, or, with eval.batch_tokens, as many
+    length-sorted prompts as fit that many padded tokens (more short prompts per batch; sized for the device)."""
+    lengths = [len(e.prompt) for e in examples]
+    if cfg.batch_tokens:
+        return token_bounded_batches(lengths, cfg.batch_tokens, extra + (cfg.max_new_tokens if cfg.generates else 0))
+    return length_bucketed_batches(lengths, cfg.batch_size, seed=0, shuffle=False, window=10**9)
+
+
 def score_examples(model, examples: list[Encoded], answers: list[tuple[int, ...]], pad_id: int, eos_id: int,
                    cfg: EvalConfig, device, decode, progress: str | None = None) -> list[Scored]:
     """Every example scored as cfg.mode asks, sharing the prompt's forward between both scores where the
@@ -338,8 +345,7 @@ def score_examples(model, examples: list[Encoded], answers: list[tuple[int, ...]
     packed = cfg.ranks_labels and _takes_custom_mask(model)
     pack = LabelPack(answers, device) if packed else None
     dtype = next(model.parameters()).dtype
-    batches = length_bucketed_batches([len(e.prompt) for e in examples], cfg.batch_size, seed=0, shuffle=False,
-                                      window=10**9)
+    batches = eval_batches(examples, cfg, len(pack.tokens) if pack is not None else 0)
     for batch in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         prompts = [examples[i].prompt for i in batch]
         scores = first = cache = ids = mask = None

@@ -42,7 +42,8 @@ NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("eval", "schedule"), ("eval", "eve
 # holds the default is identified as one without the key, so a new setting does not split existing groups
 LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {},
                                                ("trainer", "gradient_checkpointing"): False,
-                                               ("dry_run",): False}  # a dry run writes no record
+                                               ("dry_run",): False,  # a dry run writes no record
+                                               ("eval", "batch_tokens"): 0}
 
 
 # every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter
