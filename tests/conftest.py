@@ -162,3 +162,11 @@ def write_raw(runs: Path, rec: dict, name: str | None = None) -> Path:
     path = runs / (name or f"{rec['run_id']}.json")
     path.write_text(json.dumps(rec, indent=1, sort_keys=True), encoding="utf-8")
     return path
+
+
+def older(rec: dict) -> dict:
+    """The record as one written before runs kept prediction files: the leaderboard can check it for consistency
+    but not re-score it, and shows it as unverified (synthetic leaderboard tests have no prediction files)."""
+    from benchmark.records.schema import LATER_KEYS
+
+    return {k: v for k, v in rec.items() if k not in LATER_KEYS}

@@ -14,7 +14,7 @@ from benchmark.leaderboard import board, svg
 from benchmark.leaderboard.columns import COLUMNS
 from benchmark.records import stats
 from benchmark.records import store as records
-from tests.conftest import write_raw
+from tests.conftest import older, write_raw
 from tests.test_records_leaderboard import _rec
 
 # ---------------------------------------------------------------- stats
@@ -101,7 +101,7 @@ def _record(strategy="seq_lora", seed=1, aa=50.0, train_per_class=16, created="2
     chash = records.config_hash(config)
     rec = _rec(strategy, seed, aa_last=(aa - 5.0, aa + 5.0), chash=chash,  # AA = aa exactly
                run_id=f"{created}-{strategy}-{chash}-s{seed}")
-    return {**rec, "created_utc": created, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}}
+    return older({**rec, "created_utc": created, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}})
 
 
 BASE = [50.0, 53.0, 48.0, 55.0, 51.0]  # seq_lora's AA on seeds 1..5

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark import leaderboard
-from benchmark.records import predictions
+from benchmark.records import predictions, verify
 from benchmark.modeling.data import Encoder, collate_train, use_chat_template
 from benchmark.errors import ClbenchError
 from benchmark.config import EvalConfig
@@ -125,7 +125,7 @@ def test_record_holds_both_matrices_predictions_anatomy_and_split_hashes(two_tas
     assert rec["metrics"] == rec["scores"]["generate"]["metrics"]
     n_rows = len(rec["matrix"]["values"])
     assert [f["row"] for f in rec["predictions"]["files"]] == list(range(n_rows))
-    assert predictions.problem(rec, path) is None
+    assert verify.problem(rec, path) is None
     assert len(rec["anatomy"]["rows"]) == n_rows == len(rec["generation"]["rows"])
     assert rec["anatomy"]["summary"]["tasks"] == ["dbpedia"]  # trained before the last stage
     assert rec["prompt_format"] == {"chat_template": "auto", "applied": False}

@@ -6,6 +6,7 @@ import pytest
 from benchmark import leaderboard
 from benchmark.records import store as records
 from benchmark.records.metrics import all_metrics
+from tests.conftest import older, write_raw
 
 
 def _stage(task):
@@ -98,9 +99,10 @@ def test_loader_rejects_corrupt_and_foreign_files(tmp_path):
 
 def test_leaderboard_groups_seeds_with_spread_and_reports_bad_records(tmp_path):
     runs = tmp_path / "runs"
-    records.write_record(_rec(seed=1, aa_last=(50.0, 60.0)), runs)
-    records.write_record(_rec(seed=2, aa_last=(60.0, 70.0)), runs)
-    records.write_record(_rec("replay", seed=1, aa_last=(80.0, 90.0), chash="def"), runs)
+    # synthetic records have no prediction files: written as older records, which the board shows unverified
+    write_raw(runs, older(_rec(seed=1, aa_last=(50.0, 60.0))))
+    write_raw(runs, older(_rec(seed=2, aa_last=(60.0, 70.0))))
+    write_raw(runs, older(_rec("replay", seed=1, aa_last=(80.0, 90.0), chash="def")))
     (runs / "broken.json").write_text("[", encoding="utf-8")
     out = leaderboard.regenerate(runs, tmp_path)
     rows = out["rows"]
@@ -111,10 +113,10 @@ def test_leaderboard_groups_seeds_with_spread_and_reports_bad_records(tmp_path):
     assert seq["aa_sd"] == pytest.approx(7.0710678)  # sample sd
     assert rows[0]["aa_sd"] is None
     md = (tmp_path / "LEADERBOARD.md").read_text()
-    assert "60.00 ± 7.07" in md and "2 (1, 2)" in md
+    assert "60.00 ± 7.07" in md and "2 (1, 2), unverified" in md and "- Unverified: " in md
     assert "broken.json" in md and "Records not included" in md
     csv = (tmp_path / "leaderboard.csv").read_text().splitlines()
-    assert csv[0].startswith("stream,model,strategy,config,eval,chat,n,seeds,aa,aa_sd") and len(csv) == 3
+    assert csv[0].startswith("stream,model,strategy,config,eval,chat,n,seeds,unverified,aa,aa_sd") and len(csv) == 3
     html = (tmp_path / "leaderboard.html").read_text()
     assert html.count("<svg") == 2 * 3  # heatmap + curves per run
     assert "broken.json" in html
@@ -124,7 +126,7 @@ def test_leaderboard_cli(tmp_path):
     from benchmark.cli import leaderboard_main
 
     runs = tmp_path / "runs"
-    records.write_record(_rec(), runs)
+    write_raw(runs, older(_rec()))
     assert leaderboard_main([str(runs)]) == 0
     assert (tmp_path / "LEADERBOARD.md").is_file()
     assert leaderboard_main([str(tmp_path / "nothing")]) == 2
@@ -134,7 +136,7 @@ def test_leaderboard_cli_refuses_a_folder_without_valid_records(tmp_path, capsys
     from benchmark.cli import leaderboard_main
 
     runs = tmp_path / "runs"
-    records.write_record(_rec(), runs)
+    write_raw(runs, older(_rec()))
     assert leaderboard_main([str(runs)]) == 0
     before = (tmp_path / "LEADERBOARD.md").read_bytes()
     for p in runs.iterdir():

@@ -18,7 +18,7 @@ from typing import Any
 from benchmark.config import DEFAULT_STRATEGY
 from benchmark.errors import ClbenchError
 from benchmark.leaderboard import claims as claims_mod
-from benchmark.records import predictions, stats
+from benchmark.records import stats, verify
 from benchmark.records.metrics import PAIRED, QUALITY, all_metrics
 from benchmark.records.schema import SCORE_MODES
 from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record,
@@ -133,7 +133,7 @@ def read_record(path: Path) -> dict[str, Any]:
     """One record, strictly, read as the current schema (store.upgrade): raises RecordError naming the file and
     the reason it cannot be used, its prediction files included (they must be the bytes it names)."""
     rec = upgrade(load_record(path))
-    reason = _defect(rec) or predictions.problem(rec, path)
+    reason = _defect(rec) or verify.problem(rec, path)
     if reason:
         raise RecordError(f"{path}: {reason}")
     return rec
@@ -267,6 +267,8 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
     first = runs[0][1]
     return {"model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
             "seeds": [r["seed"] for _, r in runs], "n": len(runs), "chat": _chat_text(first),
+            # seeds whose records carry no prediction files: checked for consistency, not re-scored
+            "unverified": sum(not verify.is_verifiable(r) for _, r in runs),
             "runs": [_run(p, r) for p, r in runs],
             "flat_config": _flatten(identity_config(first["config"], recorded_task_versions(first))),
             "match": _comparison_key(first), **_summaries(runs)}
@@ -383,4 +385,5 @@ def build_board(runs_dir: Path, out_dir: Path, baseline: str = DEFAULT_BASELINE,
             "duplicates": [(short(str(d)), short(str(k))) for d, k in dups],
             "source": runs_dir.name if runs_dir.parent == out_dir else str(runs_dir),
             "records_href": _records_href(runs_dir, out_dir),
+            "unverified": sum(r["unverified"] for r in rows),
             "unavailable": sorted({k for _, r in kept for k in ((r.get("evaluation") or {}).get("unavailable") or {})})}

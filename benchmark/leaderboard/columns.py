@@ -96,7 +96,9 @@ def config_text(row: Row) -> str:
 
 
 def seeds_text(row: Row) -> str:
-    return f"{row['n']} ({', '.join(map(str, row['seeds']))})"
+    unverified = row.get("unverified", 0)
+    mark = "" if not unverified else ", unverified" if unverified == row["n"] else f", {unverified} unverified"
+    return f"{row['n']} ({', '.join(map(str, row['seeds']))}){mark}"
 
 
 # ---------------------------------------------------------------- the columns
@@ -116,7 +118,7 @@ def _config_html(row: Row, i: int) -> Markup:
 CONFIG = Column("Config", text=config_text, sort_value=lambda r: r["config"], csv=lambda r: {"config": r["config"]},
                 csv_detail=lambda r: {"settings": r["settings"]}, is_text=True, html=_config_html)
 SEEDS = Column("Seeds", text=seeds_text, sort_value=lambda r: r["n"],
-               csv=lambda r: {"n": r["n"], "seeds": " ".join(map(str, r["seeds"]))})
+               csv=lambda r: {"n": r["n"], "seeds": " ".join(map(str, r["seeds"])), "unverified": r["unverified"]})
 
 
 def _quality_column(m: Metric) -> Column:
@@ -182,7 +184,12 @@ COLUMNS: list[Column] = (
 # ---------------------------------------------------------------- the words around the tables
 
 
-def explanation(baseline: str, unavailable: list[str] | None = None) -> list[str]:
+UNVERIFIED = ("Unverified: seeds whose records were written before runs kept their per-example predictions. Their "
+              "metrics are checked against their matrices and their types against the record schema, but their "
+              "matrices cannot be re-scored from prediction files as every other record's are.")
+
+
+def explanation(baseline: str, unavailable: list[str] | None = None, unverified: int = 0) -> list[str]:
     """How every number on the page is computed; shared by the Markdown and HTML pages. `unavailable`: the
     metrics some records leave null because their evaluation schedule did not score the cells they read."""
     return [
@@ -202,7 +209,7 @@ def explanation(baseline: str, unavailable: list[str] | None = None) -> list[str
         "before it, the % that are a label of another task of the stream (the answer format was overwritten) or no "
         "label at all (empty, malformed, over-long); the rest are another label of the task itself. Mean ± sd over "
         "seeds; generation-scored rows only.",
-    ] + ([f"Not computed in some runs: {', '.join(METRICS[k].label for k in unavailable)}. Those runs scored only "
+    ] + ([UNVERIFIED] if unverified else []) + ([f"Not computed in some runs: {', '.join(METRICS[k].label for k in unavailable)}. Those runs scored only "
           "the cells their evaluation schedule needs (eval.schedule papers or every_k: each task after its stage, "
           "the cell before it, the zero-shot and final rows), and these metrics read other cells; a cell shows the "
           "mean over the seeds that define it, \"–\" where none does."] if unavailable else [])

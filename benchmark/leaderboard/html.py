@@ -57,7 +57,7 @@ def page(board: dict[str, Any], other: dict[str, Any] | None = None) -> str:
     per row its runs with their heatmaps, curves and anatomy plots."""
     judged = board["claims"]
     return _template().render(
-        style=_static("style.css"), script=_static("sort.js"), explanation=explanation(board["baseline"], board.get("unavailable")),
+        style=_static("style.css"), script=_static("sort.js"), explanation=explanation(board["baseline"], board.get("unavailable"), board.get("unverified", 0)),
         main=_table("board", board),
         claims={"headers": claims.HEADERS, "rows": claims.table(judged)} if judged else None,
         other=_table("board-" + other["mode"], other) if other is not None and other["rows"] else None,

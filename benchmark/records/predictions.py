@@ -103,9 +103,18 @@ def sha256(path: Path) -> str:
 
 def read(path: Path) -> list[dict]:
     try:
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except (OSError, EOFError, ValueError) as e:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ClbenchError(f"{path}: not a readable predictions file ({e})") from None
+    return parse(data, path)
+
+
+def parse(data: bytes, path: Path) -> list[dict]:
+    """The lines of a prediction file's bytes (gzip JSON lines); `path` names it in the error."""
+    try:
+        text = gzip.decompress(data).decode("utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, EOFError, ValueError) as e:  # BadGzipFile is an OSError, UnicodeDecodeError a ValueError
         raise ClbenchError(f"{path}: not a readable predictions file ({e})") from None
 
 
@@ -128,22 +137,6 @@ def publish(files: list[dict], source: Path, runs_dir: Path, run_id: str) -> dic
         shutil.copyfile(src, tmp / f["file"])
     os.rename(tmp, final)
     return {"folder": final.name, "files": files}
-
-
-def problem(record: dict, record_path: Path) -> str | None:
-    """Why the record's prediction files cannot be trusted (missing, or not the bytes it names), or None.
-    Records made before predictions were kept name none and pass."""
-    entry = record.get("predictions")
-    if not entry:
-        return None
-    folder = Path(record_path).parent / entry["folder"]
-    for f in entry["files"]:
-        p = folder / f["file"]
-        if not p.is_file():
-            return f"predictions file {p.name} is missing from {folder.name}"
-        if sha256(p) != f["sha256"]:
-            return f"predictions file {folder.name}/{p.name} does not match the sha256 in the record"
-    return None
 
 
 def load_run(record: dict, record_path: Path) -> list[list[dict]]:

@@ -1,0 +1,130 @@
+"""Verify, don't trust: what a record says must follow from its files.
+
+A record with prediction files is verified: every matrix is recomputed from the prediction lines, every metric from
+its matrix, and every block checked against the schema. A record written before prediction files were kept can
+only be checked for consistency (metrics against its matrix, types against the schema): it is *unverified*, and
+the leaderboard says so. Prediction folder and file names must be plain names inside the runs folder, so a
+record cannot make the leaderboard read, or reveal the existence of, any other file.
+
+Pure Python; each prediction file is read once, for its hash and its lines together.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import ClbenchError
+from benchmark.records import predictions
+from benchmark.records.metrics import all_metrics, general_retention
+from benchmark.records.schema import problems
+
+# keys a record with prediction files may lack: added to the writer after such records were published
+LATER_WITH_PREDICTIONS = (re.compile(r"record\.evaluation: missing"),
+                          re.compile(r"record\.stream\.splits\.[^.]+\.version: missing"))
+TOLERANCE = 1e-6  # metrics are stored rounded to 6 decimals
+
+
+# keys the writer began to write together with prediction files: a record holding any of them must have them
+WRITTEN_WITH_PREDICTIONS = ("anatomy", "generation", "prompt_format", "resumed", "setup")
+
+
+def is_verifiable(rec: dict[str, Any]) -> bool:
+    return "predictions" in rec
+
+
+def problem(rec: dict[str, Any], path: Path) -> str | None:
+    """Why the record (read by store.load_record and upgraded) cannot be shown, or None."""
+    if not is_verifiable(rec) and any(k in rec for k in WRITTEN_WITH_PREDICTIONS):
+        return "names no prediction files, though it was written when every run kept them"
+    try:
+        return _schema(rec) or _consistency(rec) or (_files(rec, Path(path)) if is_verifiable(rec) else None)
+    except ClbenchError as e:  # an unreadable prediction file
+        return str(e)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a shape the checks did not foresee
+        return f"malformed record ({type(e).__name__}: {e})"
+
+
+def _schema(rec: dict[str, Any]) -> str | None:
+    found = problems(rec)
+    if is_verifiable(rec):
+        found = [p for p in found if not any(r.fullmatch(p) for r in LATER_WITH_PREDICTIONS)]
+    else:  # an older record lacks later keys; what it has must still be well-typed
+        found = [p for p in found if not p.endswith(": missing")]
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        return f"does not match the record schema: {found[0]}{more}"
+    return None
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= TOLERANCE
+
+
+def _consistency(rec: dict[str, Any]) -> str | None:
+    """Every mode's metrics follow from its matrix; the record's matrix and metrics are its primary mode's."""
+    primary = rec["scores"].get(rec["primary_mode"])
+    if primary is None:
+        return f"primary_mode {rec['primary_mode']!r} has no scores"
+    if rec["matrix"]["values"] != primary["values"] or rec["metrics"] != primary["metrics"]:
+        return f"matrix or metrics differ from the {rec['primary_mode']} scores they should be"
+    n_tasks, n_rows = len(rec["matrix"]["columns"]), len(rec["matrix"]["rows"])
+    for mode, score in rec["scores"].items():
+        R, stated = score["values"], score["metrics"]
+        if len(R) != n_rows or any(len(row) != n_tasks for row in R):
+            return f"{mode} matrix is not {n_rows} x {n_tasks} like the record's matrix"
+        for key, value in all_metrics(R).items():
+            if not _close(value, stated.get(key)):
+                return f"{mode} metric {key} is {stated.get(key)!r} but its matrix gives {value!r}"
+        change = general_retention(stated.get("ppl_before"), stated.get("ppl_after"))["ppl_rel_change"]
+        if not _close(change, stated.get("ppl_rel_change")):
+            return f"{mode} metric ppl_rel_change is {stated.get('ppl_rel_change')!r} but its perplexities give {change!r}"
+    return None
+
+
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and os.sep not in name
+            and (os.altsep is None or os.altsep not in name) and "\0" not in name)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return not path.is_symlink() and path.resolve().parent == folder.resolve()
+
+
+def _files(rec: dict[str, Any], path: Path) -> str | None:
+    """The prediction files: plain names inside the runs folder, one per matrix row, the bytes the record names,
+    and lines that re-score to every matrix of the record."""
+    entry, runs = rec["predictions"], path.parent
+    if not _plain_name(entry["folder"]):
+        return f"predictions folder {entry['folder']!r} is not a plain name beside the record"
+    folder = runs / entry["folder"]
+    if not (_inside(folder, runs) and folder.is_dir()):
+        return f"predictions folder {entry['folder']} is missing (or a link)"
+    rows = sorted(f["row"] for f in entry["files"])
+    if rows != list(range(len(rec["matrix"]["values"]))):
+        return f"predictions name rows {rows}, not one file for each of the matrix's {len(rec['matrix']['values'])} rows"
+    lines = {}
+    for f in entry["files"]:
+        if not _plain_name(f["file"]):
+            return f"predictions file {f['file']!r} is not a plain name"
+        p = folder / f["file"]
+        if not (_inside(p, folder) and p.is_file()):
+            return f"predictions file {f['file']} is missing from {folder.name} (or a link)"
+        data = p.read_bytes()
+        if hashlib.sha256(data).hexdigest() != f["sha256"]:
+            return f"predictions file {folder.name}/{p.name} does not match the sha256 in the record"
+        lines[f["row"]] = predictions.parse(data, p)
+    tasks = rec["matrix"]["columns"]
+    per_row = [predictions.accuracies(lines[r], tasks) for r in sorted(lines)]
+    for mode, score in rec["scores"].items():
+        rescored = [r.get(mode) for r in per_row]
+        if rescored != score["values"]:
+            row = next(i for i, (a, b) in enumerate(zip(rescored, score["values"])) if a != b)
+            return f"{mode} matrix row {row} ({rec['matrix']['rows'][row]}) is not what its predictions score: " \
+                   f"{score['values'][row]} recorded, {rescored[row]} rescored"
+    return None
