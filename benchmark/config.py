@@ -36,6 +36,8 @@ PAPERS_MAX_NEW_TOKENS = 50  # O-LoRA's and MIGU's generation limit
 EVAL_SCHEDULES = ("auto", "full", "papers", "every_k")
 AUTO_FULL_STAGES = 5
 MIN_PROMPT_TOKENS = 8  # the prompt's fixed head and tail alone take about this many tokens
+# a bound well past any model's context here, so that an absurd value fails at start, not once the model has loaded
+MAX_NEW_TOKENS = 65536
 
 SMOLLM2 = "smollm2-135m"
 
@@ -85,6 +87,9 @@ class StreamConfig:
             if not self.tasks or unknown:
                 problems.append(f"stream.tasks must be a non-empty list of tasks of task_streams/tasks.yaml, got "
                                 f"{unknown[0] if unknown else self.tasks!r}; known: {', '.join(available_tasks())}")
+            twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+            if twice:  # BWT and FWT would treat the two as different tasks
+                problems.append(f"stream.tasks names {', '.join(twice)} twice; a stream's tasks are distinct")
         if self.missing is not None and self.missing not in MISSING_POLICIES:
             problems.append(f"stream.missing must be one of {'|'.join(MISSING_POLICIES)} or null, got {self.missing!r}")
         raise_problems(problems)
@@ -113,6 +118,8 @@ class EvalConfig:
             at_least("eval.batch_size", self.batch_size, 1),
             at_least("eval.batch_tokens", self.batch_tokens, 0),
             at_least("eval.max_new_tokens", self.max_new_tokens, 1),
+            None if self.max_new_tokens <= MAX_NEW_TOKENS else
+            f"eval.max_new_tokens must be <= {MAX_NEW_TOKENS} (the papers use {PAPERS_MAX_NEW_TOKENS}), got {self.max_new_tokens}",
             at_least("eval.general_passages", self.general_passages, 0),
             at_least("eval.general_tokens", self.general_tokens, 2),
         ])
@@ -196,6 +203,10 @@ class RunConfig:
     leaderboard: bool = True  # regenerate the leaderboard after the run
     tag: str = ""
     dry_run: bool = False  # print the run's plan (stages, steps, evaluation cells) and stop, loading no model
+
+    def __post_init__(self):
+        # the blocks checked themselves when they were built; numpy's and torch's seeding take [0, 2^32)
+        raise_problems([None if 0 <= self.seed < 2**32 else f"seed must be in [0, 2^32), got {self.seed}"])
 
 
 # the default strategy of a run, and so the leaderboard's default baseline

@@ -19,6 +19,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, a race with other
+    threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: str | bytes, *, no_clobber: bool = False) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part: a temp file
     beside it, flushed to disk, then renamed over it (or, with `no_clobber`, linked to the name, which fails
@@ -31,6 +45,7 @@ def atomic_write(path: Path, data: str | bytes, *, no_clobber: bool = False) -> 
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what open() would have given it
         if no_clobber:
             os.link(tmp, path)
         else:

@@ -60,7 +60,7 @@ def test_without_a_claims_file_the_leaderboard_has_no_claims_section(tmp_path):
     ("- {claim: x, metric: aa, strategy: s}", "'x' needs exactly one of below, above, than"),
     ("- {claim: x, metric: accuracy, strategy: s, below: 1}", "metric must be one of aa, bwt"),
     ("- {claim: x, metric: aa, strategy: s, than: t}", "a comparison needs better: higher or lower"),
-    ("- {claim: x, metric: aa, strategy: s, below: high}", "below must be a number"),
+    ("- {claim: x, metric: aa, strategy: s, below: high}", "below must be a finite number"),
     ("- {claim: x, metric: aa, below: 1}", "'x' lacks strategy"),
     ("- {claim: x, metric: aa, strategy: s, below: 1, verdict: holds}", "unknown key 'verdict'"),
     ("claim: x", "must hold a list of claims"),

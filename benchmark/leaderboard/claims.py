@@ -18,6 +18,7 @@ Verdicts, at the leaderboard's 95 % level over seeds:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,11 @@ def _check(i: int, c: Any, where: str) -> dict:
     if "than" in c and c.get("better") not in ("higher", "lower"):
         raise ClaimsError(f"{where}: {name!r}: a comparison needs better: higher or lower")
     for k in ("below", "above"):
-        if k in c and (isinstance(c[k], bool) or not isinstance(c[k], (int, float))):
-            raise ClaimsError(f"{where}: {name!r}: {k} must be a number, got {c[k]!r}")
+        if k in c and (isinstance(c[k], bool) or not isinstance(c[k], (int, float)) or not math.isfinite(c[k])):
+            raise ClaimsError(f"{where}: {name!r}: {k} must be a finite number, got {c[k]!r}")
+    for k in ("claim", "paper", "strategy", "than", "why"):  # shown as text and matched as names
+        if k in c and not isinstance(c[k], str):
+            raise ClaimsError(f"{where}: {name!r}: {k} must be text, got {c[k]!r}")
     unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why"})
     if unknown:
         raise ClaimsError(f"{where}: {name!r}: unknown key {unknown[0]!r}")
@@ -61,8 +65,8 @@ def _check(i: int, c: Any, where: str) -> dict:
 def load(path: Path) -> list[dict]:
     """The claims of a file, checked; a malformed file stops with one line naming it and the claim."""
     try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise ClaimsError(f"claims file {path} could not be read ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, list):
         raise ClaimsError(f"claims file {path} must hold a list of claims")

@@ -30,5 +30,13 @@ def text(rows: list[Row]) -> str:
     if records:
         w.writerow(list(records[0]))
     for record in records:
-        w.writerow(["" if v is None else v for v in record.values()])
+        w.writerow(["" if v is None else _inert(v) for v in record.values()])
     return buf.getvalue()
+
+
+def _inert(value: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (=, +, -, @, or a tab or return first) gets a leading
+    apostrophe (OWASP's advice); numbers are written as numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value

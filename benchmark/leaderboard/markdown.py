@@ -10,7 +10,9 @@ from benchmark.leaderboard.columns import COLUMNS, duplicate_lines, explanation,
 
 
 def _cell(text: str) -> str:
-    # a bare | would end the cell and a line break the row
+    # a bare | would end the cell and a line break the row; markup from a record (a strategy or task name, a
+    # setting) must show as text, since Markdown viewers render raw HTML
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return text.replace("|", "\\|").replace("\n", " ")
 
 

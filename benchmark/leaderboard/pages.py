@@ -56,13 +56,18 @@ def regenerate(runs_dir: Path, out_dir: Path, highlight: Path | None = None,
     loaded = load_valid(runs_dir)
     board = build_board(runs_dir, out_dir, baseline, mode, claims=claim_list, loaded=loaded)
     if not board["rows"]:
-        raise LeaderboardError(f"no valid run records in {runs_dir} ({len(board['problems'])} not included); "
+        why = f"; the first: {board['problems'][0]}" if board["problems"] else ""
+        raise LeaderboardError(f"no valid run records in {runs_dir} ({len(board['problems'])} not included{why}); "
                                "leaderboard left unchanged")
     # the HTML page shows the other mode's table too (no fallback: a mode no record holds is left out)
     other = build_board(runs_dir, out_dir, baseline, other_mode(board["mode"]), fallback=False, loaded=loaded)
-    atomic_write(out_dir / "LEADERBOARD.md", markdown.page(board))
-    atomic_write(out_dir / "leaderboard.csv", csv_table.text(board["rows"]))
-    atomic_write(out_dir / "leaderboard.html", html.page(board, other))
+    pages = {"LEADERBOARD.md": markdown.page(board), "leaderboard.csv": csv_table.text(board["rows"]),
+             "leaderboard.html": html.page(board, other)}
+    try:
+        for name, text in pages.items():
+            atomic_write(out_dir / name, text)
+    except OSError as e:
+        raise LeaderboardError(f"cannot write the leaderboard into {out_dir} ({e.strerror or e})") from None
     summary = _summary(board, out_dir)
     row_line = (_row_line(board, out_dir, highlight) if highlight is not None else None) or summary
     return {"rows": board["rows"], "problems": board["problems"], "duplicates": board["duplicates"],

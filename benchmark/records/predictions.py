@@ -122,6 +122,15 @@ def file_name(row: int) -> str:
     return f"row-{row}.jsonl.gz"
 
 
+def remove_stale(runs_dir: Path, run_key: str) -> list[Path]:
+    """The staging folders that an earlier, killed attempt of this configuration and seed left in runs_dir
+    (publish stages `.tmp-<run_id>.predictions`, and the run id holds the run key): removed, and returned."""
+    stale = sorted(Path(runs_dir).glob(f".tmp-*-{run_key}-*.predictions")) if Path(runs_dir).is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return stale
+
+
 def publish(files: list[dict], source: Path, runs_dir: Path, run_id: str) -> dict[str, Any]:
     """Copy a run's prediction files from its checkpoint folder to runs_dir/<run_id>.predictions/ (staged in a
     temp folder and renamed, so the folder appears complete or not at all), checking each hash on the way.

@@ -275,6 +275,7 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         stamp = build.utc_stamp()
         run_id = build.new_run_id(stamp, strategy_name, stream.name, paths.run_key)
         # the prediction files first: a record is written only when everything it names exists
+        predictions.remove_stale(paths.runs, paths.run_key)
         published = predictions.publish(state.predictions, pred_dir, paths.runs, run_id)
         n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
         record = build.build_record(
