@@ -54,8 +54,9 @@ class Strategy(Protocol):
 
 @dataclass
 class LoraSettings:
-    """PEFT LoRA settings shared by the LoRA-based strategies (defaults: O-LoRA/MIGU code; targets: query and
-    value, LLaMA's q_proj/v_proj and T5's q/v alike)."""
+    """PEFT LoRA settings shared by the LoRA-based strategies. r 8, alpha 32 and the query/value targets (LLaMA's
+    q_proj/v_proj, T5's q/v) are the O-LoRA and MIGU code's; their scripts use LoRA dropout 0.1 (O-LoRA) and 0.05
+    (MIGU), where clbench defaults to 0 (docs/strategies.md, Faithfulness): strategy.lora.dropout sets it."""
 
     r: int = 8
     alpha: int = 32
