@@ -19,7 +19,7 @@ from benchmark.config import DEFAULT_STRATEGY
 from benchmark.errors import ClbenchError
 from benchmark.leaderboard import claims as claims_mod
 from benchmark.records import stats, verify
-from benchmark.records.metrics import PAIRED, QUALITY, all_metrics
+from benchmark.records.metrics import PAIRED, QUALITY, all_metrics, missing_cells
 from benchmark.records.schema import SCORE_MODES
 from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record,
                                      load_records, nonfinite_path, recorded_task_versions, upgrade)
@@ -72,7 +72,7 @@ def _matrix_defect(rec: dict) -> str | None:
         return "accuracy matrix has no columns"
     if not all(_is_number(v) or v is None for row in R for v in row):
         return "accuracy matrix holds a value that is not a number"
-    if any(v is None for row in R for v in row):  # cells the evaluation schedule did not score
+    if missing_cells(R):  # cells the evaluation schedule did not score
         if (rec.get("evaluation") or {}).get("schedule") in (None, "full"):
             return "accuracy matrix has cells that were not evaluated, yet its evaluation schedule is full"
         if any(v is None for v in R[0] + R[-1]):
