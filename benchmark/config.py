@@ -77,22 +77,25 @@ class StreamConfig:
     missing: Optional[str] = None  # override the stream's policy for tasks without data: one of MISSING_POLICIES
 
     def __post_init__(self):
-        # names only (task_streams' YAML files), so that a typo fails before the data and the model load
-        problems = []
-        if self.tasks is None and self.name not in available_streams():
-            problems.append(f"stream.name must be one of {'|'.join(available_streams())} (or set stream.tasks), "
-                            f"got {self.name!r}")
-        if self.tasks is not None:
-            unknown = [t for t in self.tasks if t not in available_tasks()]
-            if not self.tasks or unknown:
-                problems.append(f"stream.tasks must be a non-empty list of tasks of task_streams/tasks.yaml, got "
-                                f"{unknown[0] if unknown else self.tasks!r}; known: {', '.join(available_tasks())}")
-            twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
-            if twice:  # BWT and FWT would treat the two as different tasks
-                problems.append(f"stream.tasks names {', '.join(twice)} twice; a stream's tasks are distinct")
-        if self.missing is not None and self.missing not in MISSING_POLICIES:
-            problems.append(f"stream.missing must be one of {'|'.join(MISSING_POLICIES)} or null, got {self.missing!r}")
-        raise_problems(problems)
+        twice = sorted({t for t in self.tasks or [] if self.tasks.count(t) > 1})
+        raise_problems([
+            # BWT and FWT would treat the two as different tasks
+            f"stream.tasks names {', '.join(twice)} twice; a stream's tasks are distinct" if twice else None,
+            None if self.missing is None or self.missing in MISSING_POLICIES else
+            f"stream.missing must be one of {'|'.join(MISSING_POLICIES)} or null, got {self.missing!r}",
+        ])
+
+    def name_problems(self, extra_tasks: str | None) -> list[str]:
+        """Names only (task_streams' YAML files and the user's data.extra_tasks), so that a typo fails before the
+        data and the model load."""
+        streams, tasks = available_streams(extra_tasks), available_tasks(extra_tasks)
+        if self.tasks is None and self.name not in streams:
+            return [f"stream.name must be one of {'|'.join(streams)} (or set stream.tasks), got {self.name!r}"]
+        unknown = [t for t in self.tasks or [] if t not in tasks]
+        if self.tasks is not None and (not self.tasks or unknown):
+            return [f"stream.tasks must be a non-empty list of tasks of task_streams/tasks.yaml or data.extra_tasks, "
+                    f"got {unknown[0] if unknown else self.tasks!r}; known: {', '.join(tasks)}"]
+        return []
 
 
 @dataclass
@@ -205,8 +208,10 @@ class RunConfig:
     dry_run: bool = False  # print the run's plan (stages, steps, evaluation cells) and stop, loading no model
 
     def __post_init__(self):
-        # the blocks checked themselves when they were built; numpy's and torch's seeding take [0, 2^32)
-        raise_problems([None if 0 <= self.seed < 2**32 else f"seed must be in [0, 2^32), got {self.seed}"])
+        # the blocks checked themselves when they were built; the stream's names need the data block's user
+        # tasks; numpy's and torch's seeding take [0, 2^32)
+        raise_problems([*self.stream.name_problems(self.data.extra_tasks),
+                        None if 0 <= self.seed < 2**32 else f"seed must be in [0, 2^32), got {self.seed}"])
 
 
 # the default strategy of a run, and so the leaderboard's default baseline

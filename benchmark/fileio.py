@@ -2,12 +2,22 @@
 (de)serialiser every checkpoint and strategy uses. Pure Python: the records and leaderboard rooms use it too."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in blocks (model weights do not fit a read_bytes comfortably)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def fsync_dir(folder: Path) -> None:

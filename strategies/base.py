@@ -137,18 +137,22 @@ class OptionError(StrategyConfigError):
 class Registration:
     config_cls: type
     factory: Callable[[Any], Any]  # config -> strategy instance (a Hooks class, or a function for a variant)
+    # the objective's version: bump it when the strategy's code changes what an unchanged config computes; a
+    # version other than 1 enters the run's identity (records.store.CONTENT_FACTS), so that old and new never pool
+    version: int = 1
 
 
 _REGISTRY: dict[str, Registration] = {}
 
 
-def register(name: str, config_cls: type, factory: Callable[[Any], Any] | None = None):
+def register(name: str, config_cls: type, factory: Callable[[Any], Any] | None = None, *, version: int = 1):
     """Make `strategy=<name>` available, PEFT's one-call registration: `register("olora", OLoRAConfig, OLoRA)`,
     or as a class decorator, `@register("olora", OLoRAConfig)`. A factory that is not the class (IncLoRA is O-LoRA
-    with both lambdas at zero) returns an instance of another strategy, which runs and is recorded as `name`."""
+    with both lambdas at zero) returns an instance of another strategy, which runs and is recorded as `name`.
+    `version`: the objective's version (see Registration)."""
     if factory is None:
         def wrap(cls):
-            register(name, config_cls, cls)
+            register(name, config_cls, cls, version=version)
             return cls
 
         return wrap
@@ -158,7 +162,7 @@ def register(name: str, config_cls: type, factory: Callable[[Any], Any] | None =
         raise StrategyConfigError(f"strategy {name!r}: its config {config_cls!r} must be a dataclass")
     if isinstance(factory, type):
         factory.name = name  # what the record names (an instance may refine it: a composition names its parts)
-    _REGISTRY[name] = Registration(config_cls, factory)
+    _REGISTRY[name] = Registration(config_cls, factory, version)
     return factory
 
 
@@ -238,6 +242,20 @@ def _plain(config: Any) -> dict[str, Any]:
     if isinstance(values.get("parts"), list) and all(isinstance(p, dict) and "name" in p for p in values["parts"]):
         values["parts"] = [complete(p) for p in values["parts"]]
     return values
+
+
+def versions_of(cfg: dict[str, Any]) -> dict[str, int]:
+    """{name: objective version} of the registered strategies a strategy config mapping runs (a composition's
+    parts included) whose version is not 1; unknown names are left to `build` to refuse."""
+    import strategies  # noqa: F401  (registers the built-in strategies)
+
+    out = {}
+    name = cfg.get("name") if isinstance(cfg, dict) else None
+    if name in _REGISTRY and _REGISTRY[name].version != 1:
+        out[name] = _REGISTRY[name].version
+    for part in (cfg.get("parts") or []) if isinstance(cfg, dict) else []:
+        out.update(versions_of(part))
+    return dict(sorted(out.items()))
 
 
 def defaults_of(name: str) -> dict[str, Any] | None:

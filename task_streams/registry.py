@@ -14,12 +14,14 @@ from typing import Any, Optional
 import yaml
 
 from benchmark.errors import ClbenchError
+from task_streams import release
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 DATA_HINT = (
     "put the CL_Benchmark release (folders TC/, SC/, NLI/, ... and instruction_config.json) there, "
-    "or point to it with data.data_dir=/path or CLBENCH_DATA=/path, or set data.hub_repo=<org/name> when online"
+    "or point to it with data.data_dir=/path or CLBENCH_DATA=/path, or install it with `clbench-data fetch`, or set "
+    "data.hub_repo=<org/name> when online"
 )
 
 
@@ -62,6 +64,13 @@ class Stream:
     tasks: list[Task]
     skipped: list[str] = field(default_factory=list)
     replaces: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)  # {file under its data root: sha256} of every file read
+
+    @property
+    def unlisted(self) -> dict[str, str]:
+        """The files read whose bytes are not the release manifest's (a modified release file, a user's own
+        task): their hashes identify the run's data beside its configuration."""
+        return release.unlisted(self.files)
 
     @property
     def task_names(self) -> list[str]:
@@ -75,6 +84,7 @@ class Stream:
             "skipped": list(self.skipped),
             "replaces": dict(self.replaces),
             "splits": {t.name: t.provenance for t in self.tasks},
+            "release": {"manifest_sha256": release.manifest_sha256(), "unlisted": self.unlisted},
         }
 
 
@@ -83,6 +93,8 @@ class DataConfig:
     """The data settings of a run (`data.*` on the command line): one class, its defaults the only ones."""
 
     data_dir: Optional[str] = None
+    # a YAML of the user's own tasks (and streams) beside the release's, their files under its data_dir (docs/streams.md)
+    extra_tasks: Optional[str] = None
     hub_repo: Optional[str] = None  # a hub dataset repo laid out like the release, used when data_dir is absent
     train_per_class: Optional[int] = None  # None: the full training split
     test_per_class: Optional[int] = None  # None: the full test split
@@ -106,46 +118,109 @@ class DataConfig:
             raise ClbenchError("; ".join(problems))
 
 
-def _read_yaml(name: str) -> dict[str, Any]:
-    with open(HERE / name, encoding="utf-8") as f:
-        return yaml.safe_load(f)
-
-
-def available_tasks() -> list[str]:
-    return list(_read_yaml("tasks.yaml")["tasks"])
-
-
 @functools.lru_cache(maxsize=8)
-def _read_yaml_at(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f)
+def _read_yaml_at(path: Path, mtime_ns: int, size: int) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise TaskDataError(f"{path}: not a readable YAML file ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
-def _read_yaml_cached(name: str) -> dict[str, Any]:
+def _read_yaml_cached(path: Path) -> Any:
     # the leaderboard hashes every record's config: parse the files once, again only when they change
-    path = HERE / name
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:
+        raise TaskDataError(f"{path}: cannot be read ({e.strerror or e})") from None
     return _read_yaml_at(path, st.st_mtime_ns, st.st_size)
+
+
+USER_PREFIX = "user:"  # the sources and file keys of a user's own tasks, apart from the release's
+USER_TASK_KEYS = {"version", "path", "family", "splits", "drop_labels", "instruction"}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The tasks and streams a run can name: the package's tasks.yaml and streams.yaml, plus a user's own YAML
+    (data.extra_tasks) whose tasks read their files under `user_root`."""
+
+    tasks: dict[str, dict[str, Any]]
+    streams: dict[str, dict[str, Any]]
+    defaults: dict[str, Any]
+    user_root: Optional[Path] = None
+    user_tasks: frozenset = frozenset()
+
+
+def catalog(extra_tasks: str | None = None) -> Catalog:
+    tasks_yaml, streams_yaml = _read_yaml_cached(HERE / "tasks.yaml"), _read_yaml_cached(HERE / "streams.yaml")
+    tasks, streams = dict(tasks_yaml["tasks"]), dict(streams_yaml["streams"])
+    if not extra_tasks:
+        return Catalog(tasks, streams, tasks_yaml["defaults"])
+    path = Path(extra_tasks).expanduser()
+    user = _read_yaml_cached(path)
+    if not isinstance(user, dict) or not isinstance(user.get("tasks"), dict) or not user["tasks"]:
+        raise TaskDataError(f"{path}: data.extra_tasks must be a YAML mapping with a non-empty `tasks:` mapping "
+                            "(see docs/streams.md)")
+    unknown_top = set(user) - {"tasks", "streams", "data_dir"}
+    if unknown_top:
+        raise TaskDataError(f"{path}: unknown key {sorted(unknown_top)[0]!r} (allowed: tasks, streams, data_dir)")
+    for name, spec in user["tasks"].items():
+        problem = _user_task_problem(name, spec, tasks)
+        if problem:
+            raise TaskDataError(f"{path}: task {name!r}: {problem}")
+    tasks.update(user["tasks"])
+    for name, spec in (user.get("streams") or {}).items():
+        if name in streams:
+            raise TaskDataError(f"{path}: stream {name!r} is already a published stream; give yours another name")
+        named = spec.get("tasks") if isinstance(spec, dict) else None
+        if not (isinstance(named, list) and named and all(isinstance(t, str) and t in tasks for t in named)):
+            raise TaskDataError(f"{path}: stream {name!r} needs `tasks:`, a list of known task names")
+        streams[name] = spec
+    root = (path.parent / str(user.get("data_dir", "."))).resolve()
+    return Catalog(tasks, streams, tasks_yaml["defaults"], root, frozenset(user["tasks"]))
+
+
+def _user_task_problem(name: Any, spec: Any, known: dict[str, Any]) -> str | None:
+    if not isinstance(name, str) or name in known:
+        return "is already a task of the release; give yours another name" if name in known else "names must be text"
+    if not isinstance(spec, dict):
+        return "must be a mapping (path, family, splits)"
+    extra = set(spec) - USER_TASK_KEYS
+    if extra:
+        return f"unknown key {sorted(extra)[0]!r} (allowed: {', '.join(sorted(USER_TASK_KEYS))})"
+    if not isinstance(spec.get("path"), str) or Path(spec["path"]).is_absolute() or ".." in Path(spec["path"]).parts:
+        return "needs `path:`, a folder relative to the file's data_dir"
+    if not isinstance(spec.get("family"), str):
+        return "needs `family:` (a family of instruction_config.json, or any name with `instruction:`)"
+    splits = spec.get("splits")
+    if not (isinstance(splits, dict) and set(splits) == {"train", "test"}):
+        return "needs `splits:` with train and test rules (as in task_streams/tasks.yaml)"
+    return None
+
+
+def available_tasks(extra_tasks: str | None = None) -> list[str]:
+    return list(catalog(extra_tasks).tasks)
 
 
 def task_version(spec: dict[str, Any]) -> int:
     return int(spec.get("version", 1))
 
 
-def task_versions(tasks: list[str]) -> dict[str, int]:
-    """{task: its version in tasks.yaml} for the known tasks among `tasks`; no data is read."""
-    specs = _read_yaml_cached("tasks.yaml")["tasks"]
+def task_versions(tasks: list[str], extra_tasks: str | None = None) -> dict[str, int]:
+    """{task: its declared version} for the known tasks among `tasks`; no data is read."""
+    specs = catalog(extra_tasks).tasks
     return {t: task_version(specs[t]) for t in tasks if t in specs}
 
 
-def stream_tasks(name: str) -> list[str]:
-    """The tasks of a published stream in streams.yaml ([] for an unknown name); no data is read."""
-    spec = _read_yaml_cached("streams.yaml")["streams"].get(name)
+def stream_tasks(name: str, extra_tasks: str | None = None) -> list[str]:
+    """The tasks of a published (or user-declared) stream ([] for an unknown name); no data is read."""
+    spec = catalog(extra_tasks).streams.get(name)
     return list(spec["tasks"]) if spec else []
 
 
-def available_streams() -> list[str]:
-    return list(_read_yaml("streams.yaml")["streams"])
+def available_streams(extra_tasks: str | None = None) -> list[str]:
+    return list(catalog(extra_tasks).streams)
 
 
 def resolve_data_dir(data_dir: str | None = None) -> Path:
@@ -161,18 +236,29 @@ def resolve_data_dir(data_dir: str | None = None) -> Path:
 
 
 class _Files:
-    """Resolves release-relative paths from a local folder or, when online, from a hub dataset repo."""
+    """Resolves data-root-relative paths from a local folder or, when online, from a hub dataset repo, and keeps
+    the sha256 of every file read (`read`, keyed by `prefix` + path): the content that identifies the data."""
 
-    def __init__(self, cfg: DataConfig):
-        self.hub_repo = None
+    def __init__(self, root: Path | None, hub_repo: str | None = None, prefix: str = ""):
+        self.root, self.hub_repo, self.prefix = root, hub_repo, prefix
+        self.read: dict[str, str] = {}
+
+    @classmethod
+    def release(cls, cfg: DataConfig) -> _Files:
         try:
-            self.root = resolve_data_dir(cfg.data_dir)
+            return cls(resolve_data_dir(cfg.data_dir))
         except TaskDataError:
             if not cfg.hub_repo:
                 raise
-            self.root, self.hub_repo = None, cfg.hub_repo
+            return cls(None, cfg.hub_repo)
 
     def path(self, rel: str) -> Path | None:
+        found = self._find(rel)
+        if found is not None:
+            self.read[self.prefix + rel] = release.file_sha256(found)
+        return found
+
+    def _find(self, rel: str) -> Path | None:
         if self.root is not None:
             p = self.root / rel
             return p if p.is_file() else None
@@ -185,7 +271,12 @@ class _Files:
             return None
 
     def describe(self, rel: str) -> str:
+        """The file for an error message: where it was looked for on this machine."""
         return str(self.root / rel) if self.root is not None else f"hub:{self.hub_repo}/{rel}"
+
+    def source(self, rel: str) -> str:
+        """The file for a record: relative to its data root, since where the data sits is no part of a run."""
+        return self.prefix + rel if self.root is not None else f"hub:{self.hub_repo}/{rel}"
 
 
 def _load_json(path: Path) -> Any:
@@ -236,19 +327,48 @@ def _render(task: str, family: str, instruction: str, labels: list[str], prefix:
     return Example(head=head, sentence=r["sentence"], tail="\nAnswer:", label=r["label"], id=r.get("_id", ""))
 
 
-def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = None) -> Task:
+class _Data:
+    """The catalog of a run's tasks and the files behind them: the release's (opened when first needed, so that
+    a stream of the user's own tasks with their own instructions needs no release) and the user's."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg, self.catalog = cfg, catalog(cfg.extra_tasks)
+        self._release: _Files | None = None
+        self.user = _Files(self.catalog.user_root, prefix=USER_PREFIX) if self.catalog.user_root else None
+
+    @property
+    def release(self) -> _Files:
+        if self._release is None:
+            self._release = _Files.release(self.cfg)
+        return self._release
+
+    def files_for(self, task: str) -> _Files:
+        return self.user if task in self.catalog.user_tasks else self.release
+
+    def read(self) -> dict[str, str]:
+        """{file: sha256} of every file read so far (user files prefixed with USER_PREFIX)."""
+        return {**(self._release.read if self._release else {}), **(self.user.read if self.user else {})}
+
+    def instruction(self, spec: dict[str, Any]) -> str:
+        if "instruction" in spec:  # a user's task may state its own
+            return str(spec["instruction"])
+        instr_path = self.release.path("instruction_config.json")
+        if instr_path is None:
+            raise TaskDataError(f"{self.release.describe('instruction_config.json')} is missing: {DATA_HINT}")
+        instructions = _load_json(instr_path)
+        family = spec["family"]
+        return instructions[family][0]["instruction"] if family in instructions else ""
+
+
+def load_task(name: str, cfg: DataConfig | None = None, data: _Data | None = None) -> Task:
     cfg = cfg or DataConfig()
-    spec_all = _read_yaml("tasks.yaml")
-    if name not in spec_all["tasks"]:
-        raise TaskDataError(f"unknown task {name!r}; known tasks: {', '.join(spec_all['tasks'])}")
-    spec, defaults = spec_all["tasks"][name], spec_all["defaults"]
-    files = files or _Files(cfg)
-    instr_path = files.path("instruction_config.json")
-    if instr_path is None:
-        raise TaskDataError(f"{files.describe('instruction_config.json')} is missing: {DATA_HINT}")
-    instructions = _load_json(instr_path)
+    data = data or _Data(cfg)
+    if name not in data.catalog.tasks:
+        raise TaskDataError(f"unknown task {name!r}; known tasks: {', '.join(data.catalog.tasks)}")
+    spec, defaults = data.catalog.tasks[name], data.catalog.defaults
+    files = data.files_for(name)
+    instruction = data.instruction(spec)
     family = spec["family"]
-    instruction = instructions[family][0]["instruction"] if family in instructions else ""
 
     labels_rel = f"{spec['path']}/labels.json"
     labels_path = files.path(labels_rel)
@@ -274,8 +394,10 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
                 raise TaskDataError(f"task {name!r}: split file {files.describe(rel)} is missing: {DATA_HINT}")
             records = _load_json(p)
             if isinstance(records, list):  # ids before any filtering, so that they are record indices in the file
-                records = [dict(r, _id=f"{rel}#{i}") if isinstance(r, dict) else r for i, r in enumerate(records)]
-            prov[split] = {"source": files.describe(rel)}
+                records = [dict(r, _id=f"{files.prefix}{rel}#{i}") if isinstance(r, dict) else r
+                           for i, r in enumerate(records)]
+            # where the file sits is no part of the run: its path under the data root and its bytes' hash
+            prov[split] = {"source": files.source(rel), "sha256": files.read[files.prefix + rel]}
             if spec.get("drop_labels") and isinstance(records, list):
                 kept = [r for r in records if not (isinstance(r, dict) and r.get("label") in spec["drop_labels"])]
                 if len(kept) < len(records):
@@ -294,7 +416,7 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
         held, kept = sorted(order[:n]), sorted(order[n:])
         raw[split] = [raw[src][i] for i in held]
         raw[src] = [raw[src][i] for i in kept]
-        prov[split] = {"source": prov[src]["source"], "derived": f"{n} records held out of {src} with seed {seed}", "records": n}
+        prov[split] = {"source": prov[src]["source"], "sha256": prov[src]["sha256"], "derived": f"{n} records held out of {src} with seed {seed}", "records": n}
         prov[src] = {**prov[src], "records": len(kept), "note": f"{n} records removed for the derived {split} split"}
 
     # one rng per task and split, so a task's subset is the same whichever stream it appears in
@@ -307,6 +429,8 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
         prov[split]["ids_sha256"] = hashlib.sha256("\n".join(r["_id"] for r in used).encode()).hexdigest()
     prov["subsample"] = {"train_per_class": cfg.train_per_class, "test_per_class": cfg.test_per_class, "seed": cfg.seed}
     prov["version"] = task_version(spec)
+    if name in data.catalog.user_tasks:  # the declaration itself, since no release defines it
+        prov["declared"] = dict(spec)
     render = lambda r: _render(name, family, instruction, labels, cfg.task_prefix, r)  # noqa: E731
     return Task(name, family, labels, [render(r) for r in train], [render(r) for r in test], prov)
 
@@ -314,7 +438,8 @@ def load_task(name: str, cfg: DataConfig | None = None, files: _Files | None = N
 def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | None = None, missing: str | None = None) -> Stream:
     """A published order by name, or a custom one when `tasks` is given."""
     cfg = cfg or DataConfig()
-    streams = _read_yaml("streams.yaml")["streams"]
+    data = _Data(cfg)
+    streams = data.catalog.streams
     if tasks is None:
         if name not in streams:
             raise TaskDataError(f"unknown stream {name!r}; known streams: {', '.join(streams)}")
@@ -326,11 +451,10 @@ def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | Non
     missing = missing or spec.get("missing", "error")
     if missing not in MISSING_POLICIES:
         raise TaskDataError(f"stream {name!r}: missing must be one of {'|'.join(MISSING_POLICIES)}, got {missing!r}")
-    files = _Files(cfg)
     loaded, skipped = [], []
     for t in spec["tasks"]:
         try:
-            loaded.append(load_task(t, cfg, files))
+            loaded.append(load_task(t, cfg, data))
         except TaskDataError as e:
             if missing != "skip" or "has no data in this release" not in str(e):
                 raise
@@ -338,4 +462,4 @@ def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | Non
             warnings.warn(f"stream {name}: task {t!r} skipped, its data is absent from the release (recorded in the run)")
     if not loaded:
         raise TaskDataError(f"stream {name!r}: no task has data")
-    return Stream(name, loaded, skipped, dict(spec.get("replaces", {})))
+    return Stream(name, loaded, skipped, dict(spec.get("replaces", {})), data.read())

@@ -148,6 +148,7 @@ def schema_record(run_id: str = "r", seed: int = 1, config_hash: str | None = No
                          "full_cells": len(rows) * len(tasks), "eval_s": 1.0, "estimate_s": None, "unavailable": {},
                          "rows": [{"after": r, "cells": len(tasks), "prompts": 1, "generated_tokens": 0, "seconds": 0.1}
                                   for r in rows]}
+    rec.setdefault("identity", {})  # made before records kept their content facts: it had none
     if config_hash is not None:
         rec["config_hash"] = config_hash
     return rec

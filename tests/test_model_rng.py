@@ -1,5 +1,6 @@
 """Loading a model must not move the global random state: a fresh conversion, a cached load and a model built in
 code must all leave training (data order, dropout, adapter initialisation) exactly where set_seed put it."""
+import json
 import random
 
 import numpy as np
@@ -70,7 +71,20 @@ def test_loading_a_local_model_leaves_the_global_rng_alone(local_model):
     before = _rng_state()
     _, _, info = load_model(ModelConfig(name=str(local_model)))
     _assert_same(before, _rng_state())
-    assert info["source"] == str(local_model)
+    # a record names no local path: the folder's name labels the model, its files' hash identifies it
+    assert str(local_model) not in json.dumps(info) and info["name"] == local_model.name
+    assert info["weights_sha256"] == model_mod.local_weights_sha256(str(local_model))
+
+
+def test_a_local_model_is_identified_by_its_files_wherever_it_sits(local_model, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(local_model, tmp_path / "elsewhere" / "other-name")
+    (copy / "README.md").write_text("notes do not change outputs")
+    assert model_mod.local_weights_sha256(str(copy)) == model_mod.local_weights_sha256(str(local_model))
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace("}", ', "x": 1}', 1))
+    assert model_mod.local_weights_sha256(str(copy)) != model_mod.local_weights_sha256(str(local_model))
+    assert model_mod.local_weights_sha256("tiny-llama") is None
 
 
 def test_the_rng_is_restored_when_loading_fails(tmp_path):

@@ -49,7 +49,8 @@ def _rec(strategy="seq_lora", seed=1, aa_last=(50.0, 60.0), chash="abc", run_id=
             "evaluation": {"schedule": "full", "every_k": 2, "cells": 6, "full_cells": 6, "eval_s": 1.0,
                            "estimate_s": None, "unavailable": {},
                            "rows": [{"after": a, "cells": 2, "prompts": 4, "generated_tokens": 0, "seconds": 0.3}
-                                    for a in ("zero-shot", "a", "b")]}}
+                                    for a in ("zero-shot", "a", "b")]},
+            "identity": {}}
 
 
 def test_the_test_record_matches_the_schema():

@@ -268,3 +268,43 @@ def test_gere_draws_different_general_rows_on_each_process():
         g.prepare_model(model, ctx)
         draws.append([g._general_batch()[0] for _ in range(5)])
     assert draws[0] != draws[1]
+
+
+def test_gere_general_rows_are_averaged_per_row_as_the_official_per_sample_micro_batches():
+    """Issue 26, finding 6: the official code trains each general sample as its own micro-batch (CE_j + w_j *
+    TM_j, w_j = CE_j / TM_j with dy) and accumulation averages them; two rows of different lengths in one batch
+    must give exactly that mean, not the pooled CE and TM of their tokens."""
+    import torch.nn.functional as F
+
+    from benchmark.api import IGNORE
+    from strategies.gere import gere_objective, row_ce
+
+    gen = torch.Generator().manual_seed(0)
+    V, d, L = 11, 4, 6
+    logits, h = torch.randn(2, L, V, generator=gen), torch.randn(2, L, d, generator=gen)
+    target = torch.randint(0, V, (2, L), generator=gen)
+    lengths = [6, 2]  # the second row is padded after two tokens
+    target[1, 2:] = IGNORE
+    mask = torch.tensor([[1.0] * 6, [1.0] * 2 + [0.0] * 4])
+    labels = torch.randint(-1, 2, (2, L, d), generator=gen).to(torch.int8)
+    pos, neg = torch.full((d,), 0.3), torch.full((d,), -0.3)
+
+    def official(w):  # one micro-batch per row, no padding: the official code's view
+        out = []
+        for j, n in enumerate(lengths):
+            ce = F.cross_entropy(logits[j, :n], target[j, :n])
+            tm = tm_loss(h[j:j + 1, :n], labels[j:j + 1, :n], pos, neg, torch.ones(1, n))[0]
+            out.append(ce + (ce / tm if w == "dy" else w) * tm)
+        return torch.stack(out).mean()
+
+    ce_rows, tm_rows = row_ce(logits, target), tm_loss(h, labels, pos, neg, mask)
+    zero = torch.tensor(0.0)
+    for w in ("dy", 100.0):
+        weight = ce_rows / tm_rows if w == "dy" else w
+        got = gere_objective(zero, zero, ce_rows, tm_rows, 1.0, weight)
+        assert got.item() == pytest.approx(official(w).item(), rel=1e-6)
+    # objective version 1 pooled the rows' tokens: another number on rows of different lengths
+    pooled_ce = F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), ignore_index=IGNORE)
+    tokens = torch.cat([h[0, :6], h[1, :2]])[None], torch.cat([labels[0, :6], labels[1, :2]])[None]
+    pooled_tm = tm_loss(tokens[0], tokens[1], pos, neg, torch.ones(1, 8))[0]
+    assert abs((pooled_ce + 100.0 * pooled_tm).item() - official(100.0).item()) > 1e-3

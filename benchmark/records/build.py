@@ -8,8 +8,9 @@ import time
 from typing import Any
 
 from benchmark.records import predictions as predictions_mod
+from benchmark.records import store
 from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, missing_cells
-from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GenerationStats, Matrix, MatrixBlock, Model, Predictions,
+from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GenerationStats, Identity, Matrix, MatrixBlock, Model, Predictions,
                                       Provenance, RunRecord, Score, ScoreMode, Setup, Stage, Stream, TaskAnatomy)
 
 
@@ -53,7 +54,11 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
                  strategy_name: str, model: Model, scores: dict[ScoreMode, Score], primary: ScoreMode,
                  stages: list[Stage], generation_rows: list[dict[str, GenerationStats] | None],
                  anatomy_rows: list[dict[str, TaskAnatomy] | None], resumed_after_stages: list[int], cost: Cost,
-                 setup: Setup, provenance: Provenance, predictions: Predictions, evaluation: Evaluation) -> RunRecord:
+                 setup: Setup, provenance: Provenance, predictions: Predictions, evaluation: Evaluation,
+                 identity: Identity) -> RunRecord:
+    """The record of a finished run. `config` is stored without its LOCATIONS (a record names no local path);
+    `identity` holds the content facts that, with the config, made `config_hash`."""
+    config = store.without_locations(config)
     matrix = MatrixBlock(rows=["zero-shot"] + ["+".join(s["tasks"]) for s in stages], columns=stream["tasks"],
                          values=scores[primary]["values"], unit="accuracy %")
     anatomy = Anatomy(rows=anatomy_rows, summary=predictions_mod.summarize_anatomy(
@@ -84,4 +89,5 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
         primary_mode=primary,
         predictions=predictions,
         evaluation=evaluation,
+        identity=identity,
     )

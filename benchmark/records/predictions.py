@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Optional, TypedDict
 
 from benchmark.errors import ClbenchError
-from benchmark.fileio import atomic_write
+from benchmark.fileio import atomic_write, sha256_file
 from benchmark.records.schema import SCORE_MODES as MODES
 from benchmark.records.text import normalize_answer
 
@@ -98,7 +98,7 @@ def write(path: Path, rows: Iterable[dict]) -> str:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return sha256_file(path)
 
 
 def read(path: Path) -> list[dict]:

@@ -39,7 +39,10 @@ class Metrics(TypedDict):
 
 
 class Split(TypedDict):
-    source: str  # the release file (or hub:<repo>/<file>)
+    # the file under its data root (user:<file> for a user's own task, hub:<repo>/<file>); absolute local paths in
+    # records made before the release manifest
+    source: str
+    sha256: NotRequired[str]  # the file's bytes (absent in records made before the release manifest)
     records: int
     used: int
     ids_sha256: str  # the exact records used, in order
@@ -59,6 +62,7 @@ class TaskProvenance(TypedDict):
     test: Split
     subsample: Subsample
     version: int  # the task's version in task_streams/tasks.yaml
+    declared: NotRequired[dict[str, Any]]  # a user's own task (data.extra_tasks): its declaration
 
 
 class Stream(TypedDict):
@@ -67,6 +71,21 @@ class Stream(TypedDict):
     skipped: list[str]  # tasks of the order without data (missing: skip)
     replaces: dict[str, str]
     splits: dict[str, TaskProvenance]
+    release: NotRequired["Release"]  # absent in records made before the release manifest
+
+
+class Release(TypedDict):
+    manifest_sha256: str  # task_streams/release.json's {file: sha256} list, hashed
+    unlisted: dict[str, str]  # {file: sha256} of the files read whose bytes are not the manifest's
+
+
+class Identity(TypedDict, total=False):
+    """What identifies the run's results beside its config (benchmark/records/store.py CONTENT_FACTS); each key
+    only when it holds something."""
+    strategy_versions: dict[str, int]
+    data_files: dict[str, str]
+    user_tasks: dict[str, dict[str, Any]]
+    model_weights: str
 
 
 class Strategy(TypedDict):
@@ -83,6 +102,7 @@ class Model(TypedDict):
     chat_template: bool  # what data.chat_template resolved to for this tokenizer
     architecture: NotRequired[Literal["decoder-only", "encoder-decoder"]]  # absent in records made before T5
     lora_targets: NotRequired[list[str]]  # the modules LoRA adapted (what target_modules [auto] resolved to)
+    weights_sha256: NotRequired[str]  # a model loaded from a local folder: its files' hash
 
 
 class MatrixBlock(TypedDict):
@@ -267,12 +287,13 @@ class RunRecord(TypedDict):
     primary_mode: ScoreMode
     predictions: Predictions
     evaluation: Evaluation
+    identity: Identity
 
 
 # keys the runner began to write after the first published records: a record without them is read through
 # benchmark/records/store.py `upgrade`; every other key of RunRecord is required of every record ever written
 LATER_KEYS = frozenset({"prompt_format", "generation", "anatomy", "resumed", "setup", "scores", "primary_mode",
-                        "predictions", "evaluation"})
+                        "predictions", "evaluation", "identity"})
 REQUIRED_ALWAYS = frozenset(RunRecord.__required_keys__ - LATER_KEYS)
 
 

@@ -35,6 +35,19 @@ def canonical_json(obj: Any) -> str:
 
 # keys that do not change results; seed too, so that runs differing only in seed share a hash (a leaderboard row)
 BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
+# settings that say where things sit on one machine: never part of a run's identity (the same data or model
+# under another path is the same run) and never written into a record (stored as null: a record names no local
+# path). The content they point at is identified by hashes instead: see CONTENT_FACTS
+LOCATIONS: tuple[tuple[str, ...], ...] = (("results_dir",), ("data", "data_dir"), ("data", "extra_tasks"),
+                                          ("model", "cache_dir"), ("logger", "dir"))
+# what identifies a run's results beside its configuration, computed when it runs and stored in its record's
+# `identity` block (each only when it holds something, so that records made before it keep their hashes):
+#   strategy_versions  {strategy: version} of the strategies run whose objective version is not 1 (strategies.base)
+#   data_files         {file: sha256} of the data files read whose bytes are not the release manifest's
+#                      (task_streams/release.json): a modified release, or a user's own task
+#   user_tasks         {task: declaration} of the user's own tasks (data.extra_tasks)
+#   model_weights      sha256 of a local model folder's files, which then stands for model.name
+CONTENT_FACTS = ("strategy_versions", "data_files", "user_tasks", "model_weights")
 # settings that decide which cells are evaluated, not what any evaluated cell or defined metric is: runs that
 # differ only in them are one configuration, pooled on the metrics they both define
 NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("eval", "schedule"), ("eval", "every_k"))
@@ -43,7 +56,8 @@ NOT_IDENTITY: tuple[tuple[str, ...], ...] = (("eval", "schedule"), ("eval", "eve
 LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {},
                                                ("trainer", "gradient_checkpointing"): False,
                                                ("dry_run",): False,  # a dry run writes no record
-                                               ("eval", "batch_tokens"): 0}
+                                               ("eval", "batch_tokens"): 0,
+                                               ("data", "extra_tasks"): None}
 
 
 # every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter
@@ -88,11 +102,39 @@ def _same_targets_as_before(node: Any) -> None:
             _same_targets_as_before(v)
 
 
-def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None = None) -> dict[str, Any]:
-    """The part of a run's config that identifies its results (a copy), with the versions of its stream's tasks
-    that are not 1 (`task_versions`: the versions to use, e.g. recorded_task_versions of a stored record;
-    default: those of task_streams/tasks.yaml now)."""
-    cleaned = json.loads(canonical_json({k: v for k, v in config.items() if k not in BOOKKEEPING}))
+def without_locations(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a config with every LOCATIONS key that it holds set to null: what a record stores."""
+    cleaned = json.loads(canonical_json(config))
+    for *parents, key in LOCATIONS:
+        node = cleaned
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key in node:
+            node[key] = None
+    return cleaned
+
+
+def recorded_content(record: dict[str, Any]) -> dict[str, Any]:
+    """The CONTENT_FACTS a stored record's run computed ({} for records made before they existed)."""
+    block = record.get("identity")
+    return {k: block[k] for k in CONTENT_FACTS if k in block} if isinstance(block, dict) else {}
+
+
+def current_strategy_versions(config: dict[str, Any]) -> dict[str, int]:
+    """The objective versions other than 1 of the config's strategies, as the installed code defines them."""
+    from strategies.base import versions_of  # imports torch: only for a config about to run
+
+    return versions_of(config.get("strategy") or {})
+
+
+def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None = None,
+                    content: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The part of a run's config that identifies its results (a copy): no bookkeeping, no locations, with the
+    versions of its stream's tasks that are not 1 (`task_versions`: the versions to use, e.g.
+    recorded_task_versions of a stored record; default: those of task_streams/tasks.yaml now) and the content
+    facts (`content`: CONTENT_FACTS as a run computes them or recorded_content of a record; default: the
+    strategies' current objective versions, all a config tells before its data and model are read)."""
+    cleaned = without_locations({k: v for k, v in config.items() if k not in BOOKKEEPING})
     for *parents, key in NOT_IDENTITY:
         node = cleaned
         for p in parents:
@@ -110,12 +152,24 @@ def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None
     changed = {t: v for t, v in sorted(versions.items()) if v != FIRST_TASK_VERSION}
     if changed:
         cleaned["task_versions"] = changed
+    content = {"strategy_versions": current_strategy_versions(config)} if content is None else content
+    for key in CONTENT_FACTS:
+        if content.get(key):
+            cleaned[key] = content[key]
+    if content.get("model_weights") and isinstance(cleaned.get("model"), dict):
+        cleaned["model"].pop("name", None)  # the weights are the model; the folder's name is a label
     return cleaned
 
 
-def config_hash(config: dict[str, Any], task_versions: dict[str, int] | None = None) -> str:
+def record_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """identity_config of a stored record, from what its run used (task versions and content facts)."""
+    return identity_config(record["config"], recorded_task_versions(record), recorded_content(record))
+
+
+def config_hash(config: dict[str, Any], task_versions: dict[str, int] | None = None,
+                content: dict[str, Any] | None = None) -> str:
     """Identity of a run's configuration: a hash of identity_config."""
-    return hashlib.sha256(canonical_json(identity_config(config, task_versions)).encode()).hexdigest()[:12]
+    return hashlib.sha256(canonical_json(identity_config(config, task_versions, content)).encode()).hexdigest()[:12]
 
 
 def git_commit(cwd: Path | None = None) -> dict[str, Any]:

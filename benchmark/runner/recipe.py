@@ -20,7 +20,7 @@ from benchmark.config import RunConfig, config_dict
 from benchmark.errors import PROGRESS
 from benchmark.fileio import rng_from_json, rng_to_json
 from benchmark.modeling.data import Encoder, use_chat_template
-from benchmark.modeling.model import decoder_start, enable_activation_checkpointing, load_model
+from benchmark.modeling.model import decoder_start, enable_activation_checkpointing, load_model, local_weights_sha256
 from benchmark.records import build, predictions, store
 from benchmark.records.schema import Setup, Stage
 from benchmark.runner import engines, preflight, schedule
@@ -93,7 +93,9 @@ def run(cfg: RunConfig, strategy: Strategy | None = None) -> Path | None:
     preflight.check(cfg)  # the machine's abilities, before anything loads
     engines.export_submitit_distributed()
     cfg_dict = resolved_config(cfg)
-    paths = RunPaths(store.config_hash(cfg_dict), cfg.seed, Path(cfg.results_dir))
+    stream = _stream(cfg)  # read (and hashed) before the identity: its files' content is part of it
+    content = content_facts(cfg, cfg_dict, stream)
+    paths = RunPaths(store.config_hash(cfg_dict, stream_versions(stream), content), cfg.seed, Path(cfg.results_dir))
     main = engines.launch_rank() == 0
     lock = RunLock(paths.checkpoints) if main else contextlib.nullcontext()
     with lock:  # before loading, so that a second process on this run fails at once
@@ -103,7 +105,7 @@ def run(cfg: RunConfig, strategy: Strategy | None = None) -> Path | None:
                 if main:
                     print(f"run {paths.run_key} has already finished: {done} (resume=false runs it again)", flush=True)
                 return done if main else None
-        return _run_unlocked(cfg, strategy, paths, t_start)
+        return _run_unlocked(cfg, strategy, paths, t_start, stream, content)
 
 
 def resolved_config(cfg: RunConfig) -> dict[str, Any]:
@@ -115,6 +117,23 @@ def resolved_config(cfg: RunConfig) -> dict[str, Any]:
     cfg_dict = config_dict(cfg)
     cfg_dict["strategy"] = complete(cfg_dict["strategy"])
     return cfg_dict
+
+
+def stream_versions(stream: Stream) -> dict[str, int]:
+    """{task: version} of the stream's tasks as loaded (a user's own tasks included)."""
+    return {t.name: int(t.provenance["version"]) for t in stream.tasks}
+
+
+def content_facts(cfg: RunConfig, cfg_dict: dict[str, Any], stream: Stream) -> dict[str, Any]:
+    """What identifies the run's results beside its config (records.store.CONTENT_FACTS), each only when it
+    holds something."""
+    from strategies.base import versions_of
+
+    facts = {"strategy_versions": versions_of(cfg_dict["strategy"]),
+             "data_files": stream.unlisted,
+             "user_tasks": {t.name: t.provenance["declared"] for t in stream.tasks if "declared" in t.provenance},
+             "model_weights": local_weights_sha256(cfg.model.name)}
+    return {k: v for k, v in facts.items() if v}
 
 
 def _strategy(cfg: RunConfig, strategy: Strategy | None) -> Strategy:
@@ -155,7 +174,8 @@ def dry_run(cfg: RunConfig, strategy: Strategy | None = None) -> str:
     return "\n".join(lines)
 
 
-def build_context(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[RunContext, Strategy, dict]:
+def build_context(cfg: RunConfig, strategy: Strategy | None = None,
+                  stream: Stream | None = None) -> tuple[RunContext, Strategy, dict]:
     """Accelerator, seed, strategy, stream, model with the strategy's adapters: everything before the first
     evaluation. Shared by `run` and the bench scripts, so that they measure exactly what a run does."""
     cfg_dict = resolved_config(cfg)
@@ -168,7 +188,7 @@ def build_context(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[Run
     torch.use_deterministic_algorithms(acc.device.type == "cpu", warn_only=True)
     strategy = _strategy(cfg, strategy)
     engines.check_engine(strategy, acc)
-    stream = _stream(cfg)
+    stream = stream or _stream(cfg)
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     model_info["chat_template"] = chat  # what auto resolved to, for the record and the leaderboard
@@ -197,8 +217,9 @@ def _resume(ctx: RunContext, strategy: Strategy, ckpt: Checkpointer) -> tuple[Ru
     return state, done
 
 
-def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_start: float) -> Path | None:
-    ctx, strategy, cfg_dict = build_context(cfg, strategy)
+def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_start: float, stream: Stream,
+                  content: dict[str, Any]) -> Path | None:
+    ctx, strategy, cfg_dict = build_context(cfg, strategy, stream)
     acc, stream, encoder = ctx.accelerator, ctx.stream, ctx.encoder
     tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
     stages = strategy.stages(stream.tasks)
@@ -289,7 +310,8 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
                                mixed_precision=str(acc.mixed_precision)),
             setup=_setup(cfg, acc), provenance=store.provenance(), predictions=published,
             evaluation=build.evaluation_of(resolved, cfg.eval.every_k, state.eval_rows, len(stream.tasks),
-                                           state.eval_s, state.estimate_s, scores[primary]))
+                                           state.eval_s, state.estimate_s, scores[primary]),
+            identity=content)
         rec_path = store.write_record(record, paths.runs)
         if not cfg.keep_checkpoints:
             ckpt.remove()
