@@ -48,7 +48,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # conf/strategy YAMLs, each with its cost formula in strategy_cost below; tests/test_scale.py checks that they
 # cover every registered strategy (compositions cost what their parts cost)
 STRATEGIES = ("seq_lora", "seq_ft", "replay", "replay_interleave", "olora", "inc_lora", "ilora", "migu", "migu_ft",
-              "gere", "mtl")
+              "gere", "mtl", "ewc", "lwf", "per_task")
 FULL_FT = ("seq_ft", "migu_ft")
 # GeRe's reference pass over its whole general set would dominate a short measurement; per-step memory does not
 # depend on the size of that set
@@ -351,7 +351,8 @@ def lora_params(t: dict, r: int = 8) -> int:
 
 # the papers' settings that size the strategies' own state at 7-8B
 PAPER = dict(tasks=15, gere_samples=1000, gere_tokens=563, gere_per_batch=2)
-REFUSE_FSDP = ("olora", "inc_lora", "ilora", "migu", "migu_ft")  # hold parameter references (strategies/base.py)
+# hold parameter references or switch adapters per module (strategies/base.py)
+REFUSE_FSDP = ("olora", "inc_lora", "ilora", "migu", "migu_ft", "lwf", "per_task")
 
 
 def strategy_cost(name: str, t: dict, tokens: int) -> dict:
@@ -373,6 +374,13 @@ def strategy_cost(name: str, t: dict, tokens: int) -> dict:
         c["host_extra"] = PAPER["gere_samples"] * PAPER["gere_tokens"] * h * 5 + vocab * h * 4
     elif name == "migu_ft":  # the largest masked weight (lm_head) and its two moments, copied for one step
         c["gpu_extra"] = vocab * h * 12
+    elif name == "ewc":  # a fp32 Fisher and anchor of the adapter per earlier task, on the GPU
+        c["gpu_extra"] = (PAPER["tasks"] - 1) * lp * 4 * 2
+    elif name == "lwf":  # the teacher adapter, its forward (no gradient) and both answer-span logits in fp32
+        c["x_tokens"] = 1.0  # the teacher's forward keeps no activations for backward
+        c["gpu_extra"] = lp * 4 + tokens * vocab * 4 * 2
+    elif name == "per_task":  # one frozen fp32 adapter per earlier task
+        c["gpu_extra"] = (PAPER["tasks"] - 1) * lp * 4
     return c
 
 

@@ -10,7 +10,8 @@ from benchmark.modeling.data import IGNORE, MODEL_INPUTS, Encoded, concat_batche
 from benchmark.modeling.model import (base_model, final_hidden, hidden_states, is_seq2seq,  # noqa: F401
                                       lm_logits_targets, replaying_checkpointed_forward)
 from benchmark.runner.context import RunContext  # noqa: F401
+from benchmark.runner.loop import answer_logits, answer_loss, answer_targets  # noqa: F401
 
 __all__ = ["ClbenchError", "rng_from_json", "rng_to_json", "IGNORE", "MODEL_INPUTS", "Encoded", "concat_batches",
            "base_model", "final_hidden", "hidden_states", "is_seq2seq", "lm_logits_targets",
-           "replaying_checkpointed_forward", "RunContext"]
+           "replaying_checkpointed_forward", "RunContext", "answer_loss", "answer_logits", "answer_targets"]

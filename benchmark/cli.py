@@ -1,4 +1,4 @@
-"""`clbench-run` (the Hydra app) and `clbench-leaderboard`."""
+"""`clbench-run` (the Hydra app), `clbench-leaderboard` and `clbench-data`."""
 from __future__ import annotations
 
 import argparse
@@ -158,6 +158,45 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
         print(f"clbench-leaderboard: error: {e}", file=sys.stderr)
         return 2
     print(out["summary"])
+    return 0
+
+
+def data_main(argv: list[str] | None = None) -> int:
+    """`clbench-data fetch` installs the benchmark release checked against task_streams/release.json;
+    `clbench-data verify` checks a data folder against it."""
+    from task_streams import release, resolve_data_dir
+
+    source = release.manifest()["source"]
+    ap = argparse.ArgumentParser(prog="clbench-data", description="Fetch or verify the benchmark data release.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    fetch = sub.add_parser("fetch", help="download the release, check every file's sha256, install it")
+    fetch.add_argument("--url", default=source["url"],
+                       help=f"archive URL (.tar.gz or .zip; default: {source['repository']} at {source['commit'][:12]})")
+    fetch.add_argument("--archive", default=None, help="a local archive instead of a download")
+    fetch.add_argument("--dest", default=None, help=f"install folder (default {release.default_dest()})")
+    verify = sub.add_parser("verify", help="check a data folder against the manifest")
+    verify.add_argument("--data-dir", default=None, help="the folder (default: where runs look for it)")
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            dest = release.fetch(url=args.url, archive=Path(args.archive) if args.archive else None,
+                                 dest=Path(args.dest) if args.dest else None)
+            print(f"clbench-data: {len(release.manifest()['files'])} files checked and installed in {dest} "
+                  f"(release {release.manifest_sha256()[:12]})")
+            return 0
+        folder = Path(args.data_dir) if args.data_dir else resolve_data_dir()
+        found = release.verify(folder)
+    except ClbenchError as e:
+        if os.environ.get("CLBENCH_DEBUG"):
+            raise
+        print(f"clbench-data: error: {e}", file=sys.stderr)
+        return 2
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        print(f"clbench-data: error: {found[0]}{more}", file=sys.stderr)
+        return 1
+    print(f"clbench-data: {folder}: all {len(release.manifest()['files'])} files match release "
+          f"{release.manifest_sha256()[:12]}")
     return 0
 
 

@@ -15,6 +15,8 @@ The training loop (benchmark/runner/) calls these hooks and never branches on a 
     after_optimizer_step    once per accumulation window (I-LoRA's EMA)
     after_stage        the stage is trained (buffer fill, freezing)
     eval_model         a context manager that sets the model up for evaluation (I-LoRA's slow learner)
+    eval_task          inside eval_model, a context manager per evaluated task: a strategy that declares
+                       `uses_task_identity` picks that task's model (PerTaskFT's own adapter); records say so
     state_dict / load_state_dict   tensors (saved with safetensors) and JSON metadata for resume
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Strategy(Protocol):
     name: ClassVar[str]
     needs_hidden_states: bool
     holds_parameter_refs: bool
+    uses_task_identity: bool
 
     def refuse(self, engine: str, mixed_precision: str) -> str | None: ...
     def prepare_model(self, model, ctx: RunContext): ...
@@ -48,6 +51,7 @@ class Strategy(Protocol):
     def after_optimizer_step(self, ctx: RunContext) -> None: ...
     def after_stage(self, ctx: RunContext) -> None: ...
     def eval_model(self, ctx: RunContext) -> contextlib.AbstractContextManager: ...
+    def eval_task(self, ctx: RunContext, task: str) -> contextlib.AbstractContextManager: ...
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any], ctx: RunContext) -> None: ...
 
@@ -72,6 +76,9 @@ class Hooks:
     # strategies that keep references to parameter tensors across steps (frozen adapters, EMA targets, masked
     # weights): FSDP may flatten and replace those tensors after `prepare`, so the runner refuses FSDP for them
     holds_parameter_refs = False
+    # evaluation is told which task each example belongs to (eval_task): such results are not comparable with
+    # task-agnostic ones, and the record and the leaderboard say so
+    uses_task_identity = False
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg  # the strategy's config dataclass, checked when it was built
@@ -115,6 +122,10 @@ class Hooks:
 
     @contextlib.contextmanager
     def eval_model(self, ctx: RunContext) -> Iterator[None]:
+        yield
+
+    @contextlib.contextmanager
+    def eval_task(self, ctx: RunContext, task: str) -> Iterator[None]:
         yield
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -46,6 +46,7 @@ class Compose(Hooks):
         self.name = "+".join(p.name for p in self.parts)
         self.needs_hidden_states = any(p.needs_hidden_states for p in self.parts)
         self.holds_parameter_refs = any(p.holds_parameter_refs for p in self.parts)
+        self.uses_task_identity = any(p.uses_task_identity for p in self.parts)
         steppers = [p for p in self.parts if type(p).optimizer_step is not Hooks.optimizer_step]
         if len(steppers) > 1:
             raise StrategyConfigError(f"strategy compose: {' and '.join(p.name for p in steppers)} both replace the "
@@ -86,6 +87,13 @@ class Compose(Hooks):
         with contextlib.ExitStack() as stack:
             for p in self.parts:
                 stack.enter_context(p.eval_model(ctx))
+            yield
+
+    @contextlib.contextmanager
+    def eval_task(self, ctx, task):
+        with contextlib.ExitStack() as stack:
+            for p in self.parts:
+                stack.enter_context(p.eval_task(ctx, task))
             yield
 
     def state_dict(self):

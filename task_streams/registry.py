@@ -225,10 +225,12 @@ def available_streams(extra_tasks: str | None = None) -> list[str]:
 
 def resolve_data_dir(data_dir: str | None = None) -> Path:
     """data_dir if given, else $CLBENCH_DATA if set (either must hold the release), else the first of
-    ../shared/data/cl_benchmark beside the checkout, the same relative to the cwd, and ./data/cl_benchmark."""
+    ../shared/data/cl_benchmark beside the checkout, the same relative to the cwd, ./data/cl_benchmark and the
+    user cache that `clbench-data fetch` installs into."""
     explicit = data_dir or os.environ.get("CLBENCH_DATA")
     candidates = [explicit] if explicit else [str(REPO_ROOT.parent / "shared/data/cl_benchmark"),
-                                              "../shared/data/cl_benchmark", "data/cl_benchmark"]
+                                              "../shared/data/cl_benchmark", "data/cl_benchmark",
+                                              str(release.default_dest())]  # where `clbench-data fetch` installs
     for c in candidates:
         if (Path(c) / "instruction_config.json").is_file():
             return Path(c).resolve()

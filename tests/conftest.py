@@ -69,7 +69,9 @@ def strategy_runs(tmp_path_factory):
             seen["grads_left"].append([n for n, p in ctx.model.named_parameters() if p.grad is not None])
             before = model_state(ctx.model)
             with s.eval_model(ctx):
-                pass
+                for task in ctx.stream.task_names:  # a strategy that uses task identity switches per task
+                    with s.eval_task(ctx, task):
+                        pass
             seen["eval_changed"].append(not same_model_state(before, model_state(ctx.model)))
             seen["ctx"] = ctx
 

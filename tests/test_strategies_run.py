@@ -233,3 +233,58 @@ def test_every_row_and_gere_reference_use_the_training_precision(tiny_run, monke
         AcceleratorState._reset_state()
     assert states and all(states), "every evaluation row runs under the training autocast"
     assert tms[0] == 0.0, "the margin loss is 0 at step 0 when reference and training share a precision"
+
+
+def test_lwf_distillation_is_zero_at_the_first_step_of_each_task_and_grows_as_the_task_trains(tiny_run):
+    s = _strategy("lwf")
+    values = []
+
+    def loss(ctx, batch, out, l, _orig=s.loss):
+        res = _orig(ctx, batch, out, l)
+        values.append((ctx.stage, ctx.step, float(ctx.logs["lwf_kd"]) if "lwf_kd" in ctx.logs else None))
+        ctx.logs.pop("lwf_kd", None)
+        return res
+
+    s.loss = loss
+    tiny_run(strategy=s, *["trainer.batch_size=2"])
+    assert all(v is None for st, _, v in values if st == 1)  # no teacher before the second task
+    for stage in (2, 3):
+        kd = [v for st, _, v in values if st == stage]
+        assert kd[0] == 0.0  # the teacher is the model as it starts the task
+        assert max(kd) > 0.0
+
+
+def test_ewc_penalty_is_zero_on_the_first_task_and_holds_parameters_afterwards(tiny_run):
+    s = _strategy("ewc", "strategy.ewc_lambda=1000")
+    values = []
+
+    def loss(ctx, batch, out, l, _orig=s.loss):
+        res = _orig(ctx, batch, out, l)
+        values.append((ctx.stage, float(ctx.logs.pop("ewc_penalty", 0.0))))
+        return res
+
+    s.loss = loss
+    tiny_run(strategy=s, *["trainer.batch_size=2"])
+    assert all(v == 0.0 for st, v in values if st == 1)
+    second = [v for st, v in values if st == 2]
+    assert second[0] == 0.0 and max(second) > 0.0  # at the anchor, then away from it
+    assert len(s.anchors) == 3 and all(f.keys() == s.anchors[0][0].keys() for f, _ in s.anchors)
+
+
+def test_per_task_evaluates_each_task_with_its_own_adapter_so_nothing_is_forgotten_or_transferred(tiny_run, tmp_path):
+    from benchmark import leaderboard
+
+    rec = tiny_run("strategy=per_task", "trainer.batch_size=2", results=tmp_path)
+    R = rec["scores"]["loglik"]["values"]
+    for i in range(3):
+        assert all(R[j][i] == R[i + 1][i] for j in range(i + 1, 4))  # its adapter never changes again
+        assert all(R[j][i] == R[0][i] for j in range(i + 1))  # before its stage: the base model
+    assert rec["scores"]["loglik"]["metrics"]["bwt"] == 0.0 and rec["scores"]["loglik"]["metrics"]["fwt"] == 0.0
+    assert rec["strategy"]["task_identity"] is True
+
+    seq = tiny_run("strategy=seq_lora", "trainer.batch_size=2", results=tmp_path)
+    assert seq["strategy"]["task_identity"] is False
+    board = leaderboard.build_board(tmp_path / "runs", tmp_path, mode="loglik")
+    row = next(r for r in board["rows"] if r["strategy"] == "per_task")
+    assert "task identity at test" in row["settings"]
+    assert row["vs_baseline"]["metrics"]["aa"]["verdict"] == "not comparable"

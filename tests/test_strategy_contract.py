@@ -103,7 +103,8 @@ def test_accumulation_steps_every_stage_remainder_and_leaves_no_gradient(name, y
 
 @pytest.mark.parametrize("name,yaml_name", CASES)
 def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
-    """Every adapter active at evaluation changes the scores when zeroed; per-task adapters are all active."""
+    """Every adapter active at evaluation changes the scores when zeroed; per-task adapters are all active (for a
+    strategy that uses task identity, each under the evaluation of some task: eval_task)."""
     from strategies.common.lora import lora_layers
 
     got = runs(yaml_name)
@@ -113,22 +114,25 @@ def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
         pytest.skip(f"{yaml_name} trains no adapter (full fine-tuning)")
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     ctx.model.eval()
+    seen = set()
     with s.eval_model(ctx), torch.no_grad():
-        active = list(ctx.model.active_adapters)
         all_adapters = sorted({a for _, layer in layers for a in layer.lora_A})
-        assert [a for a in all_adapters if a.startswith("task")] == [a for a in active if a.startswith("task")]
-        base = ctx.model(input_ids=ids).logits
-        for a in active:
-            saved = {n: layer.lora_B[a].weight.detach().clone() for n, layer in layers if a in layer.lora_B}
-            for n, layer in layers:
-                if a in layer.lora_B:
-                    layer.lora_B[a].weight.zero_()
-            zeroed = ctx.model(input_ids=ids).logits
-            for n, layer in layers:
-                if a in layer.lora_B:
-                    layer.lora_B[a].weight.copy_(saved[n])
-            assert not torch.allclose(base, zeroed), f"adapter {a} is active at evaluation but changes nothing"
-    ctx.model.train()
+        for task in ctx.stream.task_names:
+            with s.eval_task(ctx, task):
+                active = list(ctx.model.active_adapters)
+                seen |= set(active)
+                base = ctx.model(input_ids=ids).logits
+                for a in active:
+                    saved = {n: layer.lora_B[a].weight.detach().clone() for n, layer in layers if a in layer.lora_B}
+                    for n, layer in layers:
+                        if a in layer.lora_B:
+                            layer.lora_B[a].weight.zero_()
+                    zeroed = ctx.model(input_ids=ids).logits
+                    for n, layer in layers:
+                        if a in layer.lora_B:
+                            layer.lora_B[a].weight.copy_(saved[n])
+                    assert not torch.allclose(base, zeroed), f"adapter {a} is active at evaluation but changes nothing"
+        assert [a for a in all_adapters if a.startswith("task")] == sorted(a for a in seen if a.startswith("task"))
 
 
 def test_batch_b_times_accumulation_k_trains_like_batch_kb(tmp_path, monkeypatch):

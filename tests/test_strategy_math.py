@@ -1,9 +1,11 @@
 """Each strategy's math on tiny tensors, against hand-computed values."""
+import json
 import random
 
 import pytest
 import torch
 
+from benchmark.api import IGNORE
 from benchmark.modeling.data import Encoded
 from strategies.common.buffer import BufferConfig, ReplayBuffer
 from strategies.gere import margin_labels, thresholds, tm_loss
@@ -276,7 +278,6 @@ def test_gere_general_rows_are_averaged_per_row_as_the_official_per_sample_micro
     must give exactly that mean, not the pooled CE and TM of their tokens."""
     import torch.nn.functional as F
 
-    from benchmark.api import IGNORE
     from strategies.gere import gere_objective, row_ce
 
     gen = torch.Generator().manual_seed(0)
@@ -308,3 +309,83 @@ def test_gere_general_rows_are_averaged_per_row_as_the_official_per_sample_micro
     tokens = torch.cat([h[0, :6], h[1, :2]])[None], torch.cat([labels[0, :6], labels[1, :2]])[None]
     pooled_tm = tm_loss(tokens[0], tokens[1], pos, neg, torch.ones(1, 8))[0]
     assert abs((pooled_ce + 100.0 * pooled_tm).item() - official(100.0).item()) > 1e-3
+
+
+# ---- EWC (issue 23) ----
+def test_ewc_penalty_equals_its_closed_form_over_every_anchor():
+    from strategies.ewc import ewc_penalty
+
+    p = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.5]])}
+    anchors = [({"a": torch.tensor([2.0, 0.0]), "b": torch.tensor([[4.0]])},
+                {"a": torch.tensor([0.0, 1.0]), "b": torch.tensor([[0.0]])}),
+               ({"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([[0.0]])},
+                {"a": torch.tensor([1.0, 1.0]), "b": torch.tensor([[9.0]])})]
+    # 2*(1-0)^2 + 0*(2-1)^2 + 4*(0.5)^2 = 3 ; 1*0 + 1*(2-1)^2 + 0 = 1 ; lambda/2 * 4
+    assert ewc_penalty(p, anchors, 10.0).item() == pytest.approx(0.5 * 10.0 * 4.0)
+    assert ewc_penalty(p, [], 10.0).item() == 0.0
+
+
+def test_ewc_fisher_is_the_mean_squared_batch_gradient_and_zero_where_the_loss_does_not_reach():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from benchmark.modeling.model import tiny_model
+    from strategies.ewc import fisher_diagonal
+
+    model, _tok = tiny_model()
+    unused = torch.nn.Parameter(torch.ones(3))  # trainable, but no loss reaches it
+    model.register_parameter("unused", unused)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    unused.requires_grad_(True)
+    params = {"head": head, "unused": unused}
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(2):
+        ids = torch.randint(3, 200, (2, 6), generator=gen)
+        labels = torch.full_like(ids, IGNORE)
+        labels[:, 4:] = ids[:, 4:]
+        batches.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    ctx = SimpleNamespace(model=model, train_model=None, accelerator=Accelerator(cpu=True), device=torch.device("cpu"))
+    ctx.forward = lambda batch, model=None, **kw: (model or ctx.model)(
+        **{k: v for k, v in batch.items() if k != "labels"}, **kw)
+    fisher = fisher_diagonal(ctx, params, batches)
+    assert head.grad is None and unused.grad is None  # no gradient left behind for the next stage's optimizer
+    expected = torch.zeros_like(head)
+    for b in batches:
+        head.grad = None
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                                          ignore_index=IGNORE).backward()
+        expected += head.grad ** 2
+    assert torch.allclose(fisher["head"], expected / 2, rtol=1e-5, atol=1e-12)
+    assert torch.count_nonzero(fisher["unused"]) == 0
+
+
+def test_ewc_state_round_trips_fisher_and_anchors_exactly():
+    from strategies.ewc import EWC, EWCConfig
+
+    a, b = EWC(EWCConfig()), EWC(EWCConfig())
+    gen = torch.Generator().manual_seed(1)
+    a.anchors = [({"w": torch.rand(3, generator=gen)}, {"w": torch.rand(3, generator=gen)}) for _ in range(2)]
+    tensors, meta = a.state_dict()
+    b.load_state_dict(tensors, json.loads(json.dumps(meta)), None)
+    assert len(b.anchors) == 2
+    for (fa, ta), (fb, tb) in zip(a.anchors, b.anchors):
+        assert torch.equal(fa["w"], fb["w"]) and torch.equal(ta["w"], tb["w"])
+
+
+def test_lwf_distillation_is_kl_old_to_new_at_answer_positions_only():
+    from strategies.lwf import distillation
+
+    old = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 5.0]]])
+    new = torch.tensor([[[0.0, 1.0, 0.0], [9.0, 9.0, 9.0]]])
+    targets = torch.tensor([[1, IGNORE]])  # only the first position predicts an answer token
+    T = 2.0
+    p_old, p_new = torch.softmax(old[0, 0] / T, -1), torch.softmax(new[0, 0] / T, -1)
+    expected = (p_old * (p_old.log() - p_new.log())).sum()
+    assert distillation(new, old, targets, T).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert distillation(old, old, targets, T).item() == pytest.approx(0.0, abs=1e-7)

@@ -38,6 +38,11 @@ BAD: list[tuple[str, str, object]] = [
     ("migu", "adapter", "lorra"), ("migu", "threshold", 1.0), ("migu", "threshold", -0.1),
     ("migu", "mask_optimizer", "yes"), ("migu", "mask_first_task", 1),
     ("compose", "parts", [{"name": "replay"}]), ("compose", "parts", ["replay", "migu"]),
+    ("ewc", "adapter", "none"), *(("ewc", o, v) for o, v in LORA), ("ewc", "ewc_lambda", -1.0),
+    ("ewc", "ewc_lambda", NAN), ("ewc", "fisher", "true"), ("ewc", "fisher_batches", -1), ("ewc", "fisher_batches", 1.5),
+    ("ewc", "online", "yes"), ("ewc", "gamma", 1.5),
+    *(("lwf", o, v) for o, v in LORA), ("lwf", "alpha", -1.0), ("lwf", "temperature", 0.0),
+    *(("per_task", o, v) for o, v in LORA),
 ]
 MIGU_LORA = [("migu", o, v) for o, v in LORA]
 

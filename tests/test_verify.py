@@ -104,8 +104,18 @@ def _loglik_matrix(rec, folder):
     rec["scores"]["loglik"]["values"][0][0] += 12.5
 
 
+def _edited_setting(rec, folder):
+    rec["config"]["trainer"]["lr"] = 0.5  # another configuration under the old row's hash
+
+
+def _dropped_identity_fact(rec, folder):
+    rec["identity"] = {"strategy_versions": {"seq_lora": 2}}
+
+
 @pytest.mark.parametrize("spoil, reason", [
     (_flip_answer, "is not what its predictions score"),
+    (_edited_setting, "that its config and identity give"),
+    (_dropped_identity_fact, "that its config and identity give"),
     (_aa, "metric aa is 99.0 but its matrix gives"),
     (_drop_files_list, "record.predictions.files: missing"),
     (_drop_predictions, "names no prediction files, though it was written when every run kept them"),

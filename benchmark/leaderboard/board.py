@@ -34,6 +34,7 @@ COST = ("wall_s", "answer_tokens_per_s", "peak_memory_mb", "trainable_params")
 # the keys records.config_hash leaves out never change results, so they never set rows apart;
 # a paired comparison needs everything equal except the strategy itself
 NOT_COMPARED = BOOKKEEPING + ("strategy",)
+TASK_IDENTITY = "task identity at test"  # how a row whose evaluation knew each example's task is labelled
 
 
 class LeaderboardError(ClbenchError, ValueError):
@@ -267,6 +268,7 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
     first = runs[0][1]
     return {"model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
             "seeds": [r["seed"] for _, r in runs], "n": len(runs), "chat": _chat_text(first),
+            "task_identity": bool(first["strategy"].get("task_identity")),
             # seeds whose records carry no prediction files: checked for consistency, not re-scored
             "unverified": sum(not verify.is_verifiable(r) for _, r in runs),
             "runs": [_run(p, r) for p, r in runs],
@@ -295,7 +297,9 @@ def add_settings(rows: list[dict]) -> None:
         # a mapping that is empty in one row and filled in another differs by its entries, named one by one
         leaves = [k for k in varying if not any(v.startswith(k + ".") for v in varying)]
         for r in bucket:
-            r["settings"] = ", ".join(dict.fromkeys(_setting(r["flat_config"], k) for k in leaves))
+            settings = [TASK_IDENTITY] if r["task_identity"] else []
+            settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves)
+            r["settings"] = ", ".join(settings)
 
 
 def _setting(flat: dict[str, str], key: str) -> str:
@@ -342,6 +346,10 @@ def compare_with_baseline(rows: list[dict], baseline: str = DEFAULT_BASELINE) ->
         info: dict[str, Any] = {"baseline": baseline, "against": None, "note": ""}
         if r["strategy"] == baseline:
             info["metrics"] = {k: _no_pairing("baseline") for k in PAIRED}
+        elif len(found) == 1 and found[0]["task_identity"] != r["task_identity"]:
+            # a method told each example's task at test is not compared with one that is not, silently or at all
+            info["note"] = f"{TASK_IDENTITY} in one of the two rows: not paired with {baseline}"
+            info["metrics"] = {k: _no_pairing("not comparable") for k in PAIRED}
         elif len(found) == 1:
             info["against"] = found[0]["config"]
             info["metrics"] = {k: _paired(r, found[0], k) for k in PAIRED}

@@ -14,7 +14,8 @@ Verdicts, at the leaderboard's 95 % level over seeds:
   lies on the other side, inconclusive when it straddles the threshold or there is one seed;
 - a comparison (`than`): the paired t-test over the seeds both rows ran (rows of identical settings): holds when
   the difference is significant in the claimed direction, does not hold when it is significant the other way,
-  inconclusive otherwise.
+  inconclusive otherwise;
+- either: not judged when the board has no records of a strategy the claim names (the reason lists those it has).
 """
 from __future__ import annotations
 
@@ -77,6 +78,17 @@ def _rows(rows: list[dict], strategy: str) -> list[dict]:
     return [r for r in rows if r["strategy"] == strategy]
 
 
+def _not_run(c: dict, rows: list[dict]) -> dict | None:
+    """A claim about a strategy with no row on this board (never run here, or a misspelt name) is not judged:
+    that is not the same as data that cannot decide it."""
+    absent = [s for s in (c["strategy"], c.get("than")) if s is not None and not _rows(rows, s)]
+    if not absent:
+        return None
+    known = sorted({r["strategy"] for r in rows})
+    return {"clbench": "n/a", "verdict": "not judged",
+            "reason": f"no records of {' or '.join(absent)} here (strategies on this board: {', '.join(known) or 'none'})"}
+
+
 def _threshold(c: dict, rows: list[dict]) -> dict:
     metric, found = c["metric"], _rows(rows, c["strategy"])
     if len(found) != 1:
@@ -109,6 +121,9 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     if len(pairs) != 1:
         return {"clbench": f"{len(pairs)} pairs of rows with identical settings", "verdict": "inconclusive",
                 "reason": "no pair of runs to compare" if not pairs else "several pairs of configurations"}
+    if pairs[0][0].get("task_identity") != pairs[0][1].get("task_identity"):
+        return {"clbench": "n/a", "verdict": "not judged",
+                "reason": "one of the two used task identity at test, the other did not"}
     a, b = (stats.metric_by_seed(r["runs"], metric) for r in pairs[0])
     t = stats.paired_by_seed(a, b)
     seeds = t["seeds"]
@@ -134,7 +149,7 @@ def judge(claims: list[dict], rows: list[dict]) -> list[dict]:
     """Each claim with clbench's number (with its spread), the verdict and the reason for it."""
     out = []
     for c in claims:
-        result = _comparison(c, rows) if "than" in c else _threshold(c, rows)
+        result = _not_run(c, rows) or (_comparison(c, rows) if "than" in c else _threshold(c, rows))
         out.append({"claim": c["claim"], "paper": c.get("paper", ""), "why": c.get("why", ""), **result})
     return out
 

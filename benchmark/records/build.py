@@ -51,7 +51,7 @@ def evaluation_of(schedule: str, every_k: int, rows: list[EvaluationRow], n_task
 
 
 def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], config_hash: str, stream: Stream,
-                 strategy_name: str, model: Model, scores: dict[ScoreMode, Score], primary: ScoreMode,
+                 strategy_name: str, task_identity: bool, model: Model, scores: dict[ScoreMode, Score], primary: ScoreMode,
                  stages: list[Stage], generation_rows: list[dict[str, GenerationStats] | None],
                  anatomy_rows: list[dict[str, TaskAnatomy] | None], resumed_after_stages: list[int], cost: Cost,
                  setup: Setup, provenance: Provenance, predictions: Predictions, evaluation: Evaluation,
@@ -71,7 +71,7 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
         config_hash=config_hash,
         seed=config["seed"],
         stream=stream,
-        strategy={"name": strategy_name, "config": config["strategy"]},
+        strategy={"name": strategy_name, "config": config["strategy"], "task_identity": task_identity},
         model=model,
         eval_mode=config["eval"]["mode"],
         matrix=matrix,

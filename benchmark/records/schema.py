@@ -91,6 +91,8 @@ class Identity(TypedDict, total=False):
 class Strategy(TypedDict):
     name: str  # the strategy actually run (a composition: its parts joined by '+')
     config: dict[str, Any]
+    # evaluation knew each example's task (PerTaskFT's own adapter per task); absent in records made before: False
+    task_identity: NotRequired[bool]
 
 
 class Model(TypedDict):

@@ -21,6 +21,7 @@ from benchmark.errors import ClbenchError
 from benchmark.records import predictions
 from benchmark.records.metrics import all_metrics, general_retention
 from benchmark.records.schema import problems
+from benchmark.records.store import config_hash, recorded_content, recorded_task_versions
 
 # keys a record with prediction files may lack: added to the writer after such records were published
 LATER_WITH_PREDICTIONS = (re.compile(r"record\.evaluation: missing"), re.compile(r"record\.identity: missing"),
@@ -41,7 +42,8 @@ def problem(rec: dict[str, Any], path: Path) -> str | None:
     if not is_verifiable(rec) and any(k in rec for k in WRITTEN_WITH_PREDICTIONS):
         return "names no prediction files, though it was written when every run kept them"
     try:
-        return _schema(rec) or _consistency(rec) or (_files(rec, Path(path)) if is_verifiable(rec) else None)
+        return (_schema(rec) or _identity(rec) or _consistency(rec)
+                or (_files(rec, Path(path)) if is_verifiable(rec) else None))
     except ClbenchError as e:  # an unreadable prediction file
         return str(e)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a shape the checks did not foresee
@@ -64,6 +66,18 @@ def _close(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return math.isfinite(a) and math.isfinite(b) and abs(a - b) <= TOLERANCE
+
+
+def _identity(rec: dict[str, Any]) -> str | None:
+    """A record that states its content facts (written since the `identity` block) must carry the config hash its
+    config and those facts give: an edited setting cannot keep its old row. Older records hashed by earlier rules
+    are grouped by the hash they carry."""
+    if "identity" not in rec:
+        return None
+    found = config_hash(rec["config"], recorded_task_versions(rec), recorded_content(rec))
+    if found != rec["config_hash"]:
+        return f"config_hash {rec['config_hash']!r} is not the {found!r} that its config and identity give"
+    return None
 
 
 def _consistency(rec: dict[str, Any]) -> str | None:

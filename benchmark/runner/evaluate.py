@@ -36,8 +36,9 @@ def evaluate_all(ctx: RunContext, strategy: Strategy, tests: dict[str, list[Enco
             mine = scoring.shard(examples, acc.process_index, acc.num_processes)
             bar = f"eval {after} {task.name}" if acc.is_local_main_process else None
             answers = [ctx.encoder.answer(label) for label in task.labels]
-            scored = scoring.score_examples(ctx.model, [examples[i] for i in mine], answers, tok.pad_token_id,
-                                            tok.eos_token_id, ctx.cfg.eval, ctx.device, decode, bar) if mine else []
+            with strategy.eval_task(ctx, task.name):  # task-agnostic strategies: no change
+                scored = scoring.score_examples(ctx.model, [examples[i] for i in mine], answers, tok.pad_token_id,
+                                                tok.eos_token_id, ctx.cfg.eval, ctx.device, decode, bar) if mine else []
             for s in scored:
                 s.index = mine[s.index]
             if acc.num_processes > 1:

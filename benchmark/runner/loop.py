@@ -33,28 +33,52 @@ def _forward_takes(cls: type, name: str) -> bool:
     return name in inspect.signature(cls.forward).parameters
 
 
-def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool):
+def _answer_span(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """First and last positions holding an answer token in any row (decoder-only batches)."""
+    # found on the host copy of the labels: on an accelerator these int() calls would otherwise wait for the
+    # device at every step
+    is_answer = batch["labels"].cpu() != IGNORE
+    first = int(is_answer.int().argmax(-1).min())
+    last = int(is_answer.shape[1] - 1 - is_answer.flip(-1).int().argmax(-1).min())
+    return first, last
+
+
+def answer_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The targets of the logits that answer_loss computes, position for position (IGNORE where none)."""
+    if "decoder_input_ids" in batch:
+        return batch["labels"]
+    first, last = _answer_span(batch)
+    return batch["labels"][:, first : last + 1]
+
+
+def answer_logits(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logits of answer_loss's outputs that line up with answer_targets(batch): all of them where the model
+    kept only the answer span (or is an encoder-decoder model), else that span."""
+    if "decoder_input_ids" in batch:
+        return out.logits
+    first, last = _answer_span(batch)
+    return out.logits if out.logits.shape[1] == last - first + 1 else out.logits[:, first - 1 : last]
+
+
+def answer_loss(ctx: RunContext, batch: dict[str, torch.Tensor], need_hidden: bool, model=None):
     """Mean cross-entropy over answer tokens only, projecting onto the vocabulary only the positions that
     predict an answer token somewhere in the batch (rows are length-bucketed, so that span is short). An
-    encoder-decoder model's decoder reads the answer only, so all of its positions are projected."""
+    encoder-decoder model's decoder reads the answer only, so all of its positions are projected. `model`: another
+    model than the training one (a strategy's teacher); the logits line up with answer_targets(batch)."""
     if "decoder_input_ids" in batch:
-        out = ctx.forward(batch, output_hidden_states=need_hidden)
+        out = ctx.forward(batch, model=model, output_hidden_states=need_hidden)
         labels = batch["labels"].to(ctx.device)
         ce = torch.nn.functional.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), labels.reshape(-1),
                                                ignore_index=IGNORE)
         return ce, out
-    # the answer span is found on the host copy of the labels: on an accelerator these int() calls would
-    # otherwise wait for the device at every step
-    is_answer = batch["labels"].cpu() != IGNORE
-    first = int(is_answer.int().argmax(-1).min())
-    last = int(is_answer.shape[1] - 1 - is_answer.flip(-1).int().argmax(-1).min())
+    first, last = _answer_span(batch)
     labels = batch["labels"].to(ctx.device)
     if _forward_takes(type(base_model(ctx.train_model or ctx.model)), "logits_to_keep"):
         keep = torch.arange(first - 1, last, device=ctx.device)  # position p predicts token p + 1
-        out = ctx.forward(batch, logits_to_keep=keep, output_hidden_states=need_hidden)
+        out = ctx.forward(batch, model=model, logits_to_keep=keep, output_hidden_states=need_hidden)
         logits = out.logits
     else:
-        out = ctx.forward(batch, output_hidden_states=need_hidden)
+        out = ctx.forward(batch, model=model, output_hidden_states=need_hidden)
         logits = out.logits[:, first - 1 : last]
     target = labels[:, first : last + 1]
     ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE)

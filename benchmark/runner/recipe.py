@@ -301,7 +301,8 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
         record = build.build_record(
             run_id=run_id, created_utc=stamp, config=cfg_dict, config_hash=paths.config_hash,
-            stream=stream.describe(), strategy_name=strategy_name, model=ctx.model_info, scores=scores,
+            stream=stream.describe(), strategy_name=strategy_name,
+            task_identity=bool(getattr(strategy, "uses_task_identity", False)), model=ctx.model_info, scores=scores,
             primary=primary, stages=state.stage_stats, generation_rows=state.generation,
             anatomy_rows=state.anatomy, resumed_after_stages=state.resumed_after_stages,
             cost=build.cost_of(state.stage_stats, wall_s=state.previous_attempts_s + time.perf_counter() - t_start,
