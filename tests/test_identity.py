@@ -101,3 +101,12 @@ def test_a_record_of_a_local_model_pools_with_its_copy_elsewhere(tmp_path):
     weights = {"model_weights": "ab" * 32}
     assert store.config_hash(base, content=weights) == store.config_hash(moved, content=weights)
     assert store.config_hash(base, content=weights) != store.config_hash(base, content={"model_weights": "cd" * 32})
+
+
+def test_a_new_objective_version_is_still_paired_with_the_baseline(tmp_path):
+    from benchmark import leaderboard
+
+    board = leaderboard.build_board(ROOT / "results" / "examples" / "long_repro_cpu" / "runs", tmp_path)
+    gere = next(r for r in board["rows"] if r["strategy"] == "gere")
+    assert gere["flat_config"]["strategy_versions.gere"] == "2"
+    assert gere["vs_baseline"]["against"] is not None and gere["vs_baseline"]["metrics"]["aa"]["n"] == 3

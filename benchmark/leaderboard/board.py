@@ -31,9 +31,9 @@ DEFAULT_BASELINE = DEFAULT_STRATEGY
 # keys of the record's anatomy.summary, averaged over seeds like the quality metrics
 ANATOMY = ("other_task_label_pct", "no_label_pct")
 COST = ("wall_s", "answer_tokens_per_s", "peak_memory_mb", "trainable_params")
-# the keys records.config_hash leaves out never change results, so they never set rows apart;
-# a paired comparison needs everything equal except the strategy itself
-NOT_COMPARED = BOOKKEEPING + ("strategy",)
+# the keys records.config_hash leaves out never change results, so they never set rows apart; a paired
+# comparison needs everything equal except the strategy itself and its objective version
+NOT_COMPARED = BOOKKEEPING + ("strategy", "strategy_versions")
 TASK_IDENTITY = "task identity at test"  # how a row whose evaluation knew each example's task is labelled
 
 
