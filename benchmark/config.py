@@ -34,6 +34,7 @@ PAPERS_MAX_NEW_TOKENS = 50  # O-LoRA's and MIGU's generation limit
 # papers' metrics read, full rows every k stages plus those cells, or full up to AUTO_FULL_STAGES stages and the
 # papers' cells beyond
 EVAL_SCHEDULES = ("auto", "full", "papers", "every_k")
+EVAL_SPLITS = ("test", "val")
 AUTO_FULL_STAGES = 5
 MIN_PROMPT_TOKENS = 8  # the prompt's fixed head and tail alone take about this many tokens
 # a bound well past any model's context here, so that an absurd value fails at start, not once the model has loaded
@@ -111,12 +112,15 @@ class EvalConfig:
     # differently, so it is part of the configuration's identity
     batch_tokens: int = 0
     schedule: str = "auto"  # one of EVAL_SCHEDULES
+    # which split every evaluation scores: test, or val (data.val_per_class held out of training; for tuning)
+    split: str = "test"
     every_k: int = 2  # schedule every_k: a full row after every k-th stage
 
     def __post_init__(self):
         raise_problems([
             one_of("eval.mode", self.mode, EVAL_MODES),
             one_of("eval.schedule", self.schedule, EVAL_SCHEDULES),
+            one_of("eval.split", self.split, EVAL_SPLITS),
             at_least("eval.every_k", self.every_k, 1),
             at_least("eval.batch_size", self.batch_size, 1),
             at_least("eval.batch_tokens", self.batch_tokens, 0),
@@ -211,6 +215,8 @@ class RunConfig:
         # the blocks checked themselves when they were built; the stream's names need the data block's user
         # tasks; numpy's and torch's seeding take [0, 2^32)
         raise_problems([*self.stream.name_problems(self.data.extra_tasks),
+                        "eval.split=val needs data.val_per_class (examples per class held out of training)"
+                        if self.eval.split == "val" and not self.data.val_per_class else None,
                         None if 0 <= self.seed < 2**32 else f"seed must be in [0, 2^32), got {self.seed}"])
 
 

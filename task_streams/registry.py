@@ -56,6 +56,11 @@ class Task:
     train: list[Example]
     test: list[Example]
     provenance: dict[str, Any] = field(default_factory=dict)
+    val: list[Example] = field(default_factory=list)  # data.val_per_class per class held out of the training file
+
+    def scored(self, split: str) -> list[Example]:
+        """The examples an evaluation scores: the test split, or the validation split (eval.split=val)."""
+        return {"test": self.test, "val": self.val}[split]
 
 
 @dataclass
@@ -98,6 +103,9 @@ class DataConfig:
     hub_repo: Optional[str] = None  # a hub dataset repo laid out like the release, used when data_dir is absent
     train_per_class: Optional[int] = None  # None: the full training split
     test_per_class: Optional[int] = None  # None: the full test split
+    # held out of each task's training file before the training subsample, per class (tuning scores it with
+    # eval.split=val; the test split is then never scored); None: no validation split
+    val_per_class: Optional[int] = None
     seed: int = 0  # subsampling seed (independent of the training seed so that all runs see the same data)
     task_prefix: bool = True  # keep the "Task:/Dataset:" lines of the O-LoRA prompt
     # wrap each prompt as the user turn and the answer as the assistant turn of the tokenizer's chat template:
@@ -112,6 +120,8 @@ class DataConfig:
             f"data.train_per_class must be >= 1 or null, got {self.train_per_class}",
             None if self.test_per_class is None or self.test_per_class >= 1 else
             f"data.test_per_class must be >= 1 or null, got {self.test_per_class}",
+            None if self.val_per_class is None or self.val_per_class >= 1 else
+            f"data.val_per_class must be >= 1 or null, got {self.val_per_class}",
         ]
         problems = [p for p in problems if p]
         if problems:
@@ -422,19 +432,33 @@ def load_task(name: str, cfg: DataConfig | None = None, data: _Data | None = Non
         prov[src] = {**prov[src], "records": len(kept), "note": f"{n} records removed for the derived {split} split"}
 
     # one rng per task and split, so a task's subset is the same whichever stream it appears in
-    rng = {s: random.Random(f"{cfg.seed}:{name}:{s}") for s in ("train", "test")}
+    rng = {s: random.Random(f"{cfg.seed}:{name}:{s}") for s in ("train", "test", "val")}
+    val = []
+    if cfg.val_per_class:  # first, so that no training example is also a validation one
+        val = _per_class(raw["train"], cfg.val_per_class, rng["val"])
+        held = {r["_id"] for r in val}
+        raw["train"] = [r for r in raw["train"] if r["_id"] not in held]
+        prov["val"] = {"source": prov["train"]["source"], "sha256": prov["train"]["sha256"], "records": len(val),
+                       "derived": f"{cfg.val_per_class} per class held out of train with seed {cfg.seed}"}
     train = _per_class(raw["train"], cfg.train_per_class, rng["train"])
     test = _per_class(raw["test"], cfg.test_per_class, rng["test"])
     prov["train"]["used"], prov["test"]["used"] = len(train), len(test)
-    for split, used in (("train", train), ("test", test)):
+    if cfg.val_per_class:
+        prov["val"]["used"] = len(val)
+    for split, used in (("train", train), ("test", test), ("val", val)):
+        if split not in prov:
+            continue
         # the exact records and their order: two runs or machines with equal hashes saw the same data
         prov[split]["ids_sha256"] = hashlib.sha256("\n".join(r["_id"] for r in used).encode()).hexdigest()
     prov["subsample"] = {"train_per_class": cfg.train_per_class, "test_per_class": cfg.test_per_class, "seed": cfg.seed}
+    if cfg.val_per_class:
+        prov["subsample"]["val_per_class"] = cfg.val_per_class
     prov["version"] = task_version(spec)
     if name in data.catalog.user_tasks:  # the declaration itself, since no release defines it
         prov["declared"] = dict(spec)
     render = lambda r: _render(name, family, instruction, labels, cfg.task_prefix, r)  # noqa: E731
-    return Task(name, family, labels, [render(r) for r in train], [render(r) for r in test], prov)
+    return Task(name, family, labels, [render(r) for r in train], [render(r) for r in test], prov,
+                [render(r) for r in val])
 
 
 def load_stream(name: str, cfg: DataConfig | None = None, tasks: list[str] | None = None, missing: str | None = None) -> Stream:

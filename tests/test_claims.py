@@ -48,6 +48,7 @@ def test_each_verdict_follows_from_the_intervals_and_the_paired_test(tmp_path):
     # clbench's number comes with its spread: the mean difference of better over seq_lora is exactly mean(BETTER)
     line = next(l for l in md.splitlines() if l.startswith("| better beats the baseline"))
     assert f"difference +{sum(BETTER) / 5:.2f}, 95 % CI [" in line and "(5 paired seeds)" in line
+    assert "at 80 % power with 5 seeds" in line  # what these seeds can detect, and what the difference would need
     assert "Claims" in (tmp_path / "leaderboard.html").read_text()
 
 

@@ -449,3 +449,44 @@ def test_record_text_is_escaped_and_the_page_is_self_contained(tmp_path):
     assert "<img" not in page and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in page
     assert "src=" not in page.replace("&lt;img src=", "") and "<link" not in page  # nothing loaded from beside it
     assert "border-collapse" in page.split("<style>", 1)[1] and "addEventListener" in page.split("<script>", 1)[1]
+
+
+# ---------------------------------------------------------------- power (issue 24, part 3)
+# computed once with statsmodels 0.14 (TTestPower, two-sided alpha 0.05), whose noncentral t comes from scipy:
+#   solve_power(effect_size=None, nobs=n, power=0.8) and solve_power(effect_size=d, nobs=None, power=0.8)
+STATSMODELS_DETECTABLE = {3: 3.264043552819638, 5: 1.6819970833232674, 10: 0.9960019107624178}
+STATSMODELS_NOBS = {0.5: 33.36713118431779, 1.0: 9.93785094105438, 2.0: 4.22071858501904}
+
+
+@pytest.mark.parametrize("n", sorted(STATSMODELS_DETECTABLE))
+def test_detectable_difference_matches_statsmodels(n):
+    assert stats.detectable_difference(2.0, n) == pytest.approx(2.0 * STATSMODELS_DETECTABLE[n], rel=1e-6)
+
+
+@pytest.mark.parametrize("d", sorted(STATSMODELS_NOBS))
+def test_seeds_needed_is_statsmodels_sample_size_rounded_up(d):
+    assert stats.seeds_needed(-3.0 * d, 3.0) == math.ceil(STATSMODELS_NOBS[d])
+
+
+def test_paired_power_matches_statsmodels():
+    # TTestPower().power(effect_size=1.0, nobs=5, alpha=0.05, alternative="two-sided")
+    assert stats.paired_power(1.0, 5) == pytest.approx(0.4013899173717948, rel=1e-6)
+
+
+def test_power_edge_cases():
+    assert stats.detectable_difference(1.0, 1) is None and stats.seeds_needed(0.0, 1.0) is None
+    assert stats.detectable_difference(0.0, 3) == 0.0 and stats.seeds_needed(1.0, 0.0) == 2
+    assert stats.seeds_needed(0.01, 100.0) is None  # more than MAX_SEEDS
+
+
+def test_every_paired_comparison_states_its_power(tmp_path):
+    _, out = _board(tmp_path)
+    noisy = _row(out, "noisy")["vs_baseline"]["metrics"]["aa"]
+    sd = statistics.stdev(NOISE)
+    assert noisy["detectable"] == pytest.approx(stats.detectable_difference(sd, len(NOISE)))
+    assert noisy["seeds_needed"] == stats.seeds_needed(statistics.fmean(NOISE), sd)
+    line = _md_line(tmp_path, "noisy")
+    assert f"±{noisy['detectable']:.2f} with {len(NOISE)} seeds" in line
+    table = _csv_rows(tmp_path)
+    assert float(table["noisy"]["aa_vs_baseline_detectable"]) == pytest.approx(noisy["detectable"])
+    assert "power" in (tmp_path / "leaderboard.html").read_text()

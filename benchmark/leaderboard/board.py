@@ -35,6 +35,7 @@ COST = ("wall_s", "answer_tokens_per_s", "peak_memory_mb", "trainable_params")
 # comparison needs everything equal except the strategy itself and its objective version
 NOT_COMPARED = BOOKKEEPING + ("strategy", "strategy_versions")
 TASK_IDENTITY = "task identity at test"  # how a row whose evaluation knew each example's task is labelled
+VALIDATION = "scored on validation"  # a row of eval.split=val (tuning), a configuration apart from test rows
 
 
 class LeaderboardError(ClbenchError, ValueError):
@@ -298,6 +299,8 @@ def add_settings(rows: list[dict]) -> None:
         leaves = [k for k in varying if not any(v.startswith(k + ".") for v in varying)]
         for r in bucket:
             settings = [TASK_IDENTITY] if r["task_identity"] else []
+            if r["flat_config"].get("eval.split") == "val":  # never pooled with test rows: another configuration
+                settings.append(VALIDATION)
             settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves)
             r["settings"] = ", ".join(settings)
 
@@ -331,7 +334,8 @@ def _paired(row: dict, base: dict, key: str) -> dict[str, Any]:
 
 
 def _no_pairing(verdict: str) -> dict[str, Any]:
-    return {"n": 0, "diff": None, "ci": None, "p": None, "seeds": [], "verdict": verdict}
+    return {"n": 0, "diff": None, "ci": None, "p": None, "sd": None, "detectable": None, "seeds_needed": None,
+            "seeds": [], "verdict": verdict}
 
 
 def compare_with_baseline(rows: list[dict], baseline: str = DEFAULT_BASELINE) -> None:

@@ -105,6 +105,8 @@ def _threshold(c: dict, rows: list[dict]) -> dict:
     side = "below" if "below" in c else "above"
     if ci is None:
         return {"clbench": text, "verdict": "inconclusive", "reason": "fewer than two seeds"}
+    # the one-sample t-test against the bound has the paired test's power: what these seeds can tell apart
+    text += _power(mean * s - bound, sd * s, len(values), "from the bound")
     lo, hi = ci[0] * s, ci[1] * s
     claimed = hi < bound if side == "below" else lo > bound
     opposite = lo > bound if side == "below" else hi < bound
@@ -112,6 +114,15 @@ def _threshold(c: dict, rows: list[dict]) -> dict:
     reason = f"the interval lies {side} {bound:g}" if claimed else (
         f"the interval lies {'above' if side == 'below' else 'below'} {bound:g}" if opposite else f"the interval contains {bound:g}")
     return {"clbench": text, "verdict": verdict, "reason": reason}
+
+
+def _power(diff: float, sd: float, n: int, what: str) -> str:
+    """'; detectable ±6.21 at 80 % power; +3.12 would need 12 seeds' at the observed sd."""
+    detectable = stats.detectable_difference(sd, n)
+    need = stats.seeds_needed(diff, sd)
+    needs = (f"{diff:+.2f}{' ' + what if what else ''} would need {need} seeds" if need is not None else
+             f"{diff:+.2f} would need more than {stats.MAX_SEEDS} seeds" if diff else "no difference to size")
+    return f"; detectable ±{detectable:.2f} at 80 % power with {n} seeds, {needs}"
 
 
 def _comparison(c: dict, rows: list[dict]) -> dict:
@@ -135,6 +146,8 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     if t["ci"] is not None:
         text += f", 95 % CI [{t['ci'][0] * s:+.2f}, {t['ci'][1] * s:+.2f}], p = {t['p']:.3f}"
     text += f" ({len(seeds)} paired seeds)"
+    if t["sd"] is not None:
+        text += _power(t["diff"] * s, t["sd"] * s, len(seeds), "")
     if t["p"] is None:
         return {"clbench": text, "verdict": "inconclusive", "reason": "fewer than two paired seeds"}
     wanted = 1 if c["better"] == "higher" else -1

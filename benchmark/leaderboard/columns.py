@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from benchmark.leaderboard.board import ANATOMY, COST
 from benchmark.records.metrics import METRICS, PAIRED, QUALITY, Metric
+from benchmark.records.stats import MAX_SEEDS
 from benchmark.records.store import BOOKKEEPING
 
 Row = dict[str, Any]  # a row of board.group_runs
@@ -83,6 +84,21 @@ def vs_baseline_text(row: Row, key: str = PAIRED[0]) -> str:
     return f"{res['diff']:+.2f} [{lo:+.2f}, {hi:+.2f}], {_p_text(res['p'])}, {res['verdict']} vs {base}"
 
 
+def power_text(row: Row, key: str = PAIRED[0]) -> str:
+    """What the paired comparison can detect: "±6.21 with 3 seeds; +3.12 needs 12 seeds" (80 % power, two-sided
+    0.05, at the observed spread of the paired differences)."""
+    info = row["vs_baseline"]
+    res = info["metrics"][key]
+    if res["verdict"] == "baseline":
+        return "baseline"
+    if res.get("detectable") is None:
+        return "n/a (fewer than 2 paired seeds)" if not info["note"] else "n/a"
+    need = res.get("seeds_needed")
+    needs = (f"{res['diff']:+.2f} needs {need} seeds" if need is not None else
+             "no difference to size" if not res["diff"] else f"{res['diff']:+.2f} needs more than {MAX_SEEDS} seeds")
+    return f"±{res['detectable']:.2f} with {res['n']} seeds; {needs}"
+
+
 def _whole(v: float) -> str:
     return f"{round(v):,}"
 
@@ -137,6 +153,8 @@ def _paired_fields(row: Row) -> dict[str, Any]:
         fields.update({col: res["diff"], col + "_n": res["n"], col + "_p": res["p"]})
         fields.update(zip((col + "_ci_low", col + "_ci_high"), res["ci"] or (None, None)))
         fields[col + "_verdict"] = res["verdict"]
+        fields[col + "_detectable"] = res.get("detectable")  # at 80 % power with the paired seeds
+        fields[col + "_seeds_needed"] = res.get("seeds_needed")  # for the observed difference at 80 % power
     return fields
 
 
@@ -152,6 +170,8 @@ def _quality_columns() -> list[Column]:
         out.append(_quality_column(m))
         if m.key == PAIRED[0]:
             out.append(_vs_baseline_column(m))
+            out.append(Column(f"{m.label} vs {{baseline}}: power", text=lambda r, k=m.key: power_text(r, k),
+                              sort_value=lambda r, k=m.key: r["vs_baseline"]["metrics"][k].get("detectable")))
     return out
 
 
@@ -202,6 +222,10 @@ def explanation(baseline: str, unavailable: list[str] | None = None, unverified:
         "the seeds both ran: mean difference, its 95 % t-interval, two-sided paired t-test p. \"significant\" means "
         "p < 0.05 (per comparison, not corrected for the number of rows); with fewer than 2 paired seeds the test is "
         "n/a. The CSV carries the same comparison for BWT, FWT and forgetting.",
+        f"Power: the smallest difference the paired t-test over the row's paired seeds detects with 80 % power "
+        f"(two-sided 0.05) at the observed sd of the paired differences, then how many seeds the observed difference "
+        f"would need for 80 % power (noncentral t, benchmark/records/stats.py). A small test set shows up here as a "
+        f"wide detectable difference.",
         "Config: the configuration hash, followed by the settings that set the row apart from the other rows of its "
         "stream, model and strategy. Chat template: whether prompts were wrapped in the tokenizer's chat template "
         "(data.chat_template). Cost: means over seeds.",

@@ -55,11 +55,13 @@ class Subsample(TypedDict):
     train_per_class: Optional[int]
     test_per_class: Optional[int]
     seed: int
+    val_per_class: NotRequired[int]
 
 
 class TaskProvenance(TypedDict):
     train: Split
     test: Split
+    val: NotRequired[Split]  # data.val_per_class: held out of the training file
     subsample: Subsample
     version: int  # the task's version in task_streams/tasks.yaml
     declared: NotRequired[dict[str, Any]]  # a user's own task (data.extra_tasks): its declaration

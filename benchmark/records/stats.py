@@ -1,4 +1,5 @@
-"""Small, dependency-free statistics for the leaderboard: Student t, seed intervals, paired tests, bootstrap.
+"""Small, dependency-free statistics for the leaderboard: Student t, seed intervals, paired tests and their
+power (noncentral t by quadrature), bootstrap.
 
 scipy is not a dependency, so the t distribution is computed here from the regularised incomplete beta
 function (continued fraction, as in Numerical Recipes 6.4); the quantile is found by bisection on the CDF.
@@ -102,13 +103,16 @@ def paired_t_test(a: Sequence[float], b: Sequence[float], level: float = LEVEL) 
     n = len(diffs)
     mean = statistics.fmean(diffs) if diffs else None
     if n < 2:
-        return {"n": n, "diff": mean, "ci": None, "p": None}
+        return {"n": n, "diff": mean, "ci": None, "p": None, "sd": None, "detectable": None, "seeds_needed": None}
     sd = statistics.stdev(diffs)
     if sd == 0.0:
         p = 1.0 if mean == 0.0 else 0.0
     else:
         p = 2.0 * (1.0 - t_cdf(abs(mean) / (sd / math.sqrt(n)), n - 1))
-    return {"n": n, "diff": mean, "ci": t_interval(diffs, level), "p": min(1.0, p)}
+    # power at the observed spread: the smallest difference these seeds detect 80 % of the time, and the seeds
+    # that the observed difference would need
+    return {"n": n, "diff": mean, "ci": t_interval(diffs, level), "p": min(1.0, p), "sd": sd,
+            "detectable": detectable_difference(sd, n), "seeds_needed": seeds_needed(mean, sd)}
 
 
 
@@ -121,6 +125,75 @@ def paired_by_seed(a: dict[int, float], b: dict[int, float], level: float = LEVE
     """paired_t_test of a against b over the seeds both have, listed under `seeds`."""
     seeds = sorted(set(a) & set(b))
     return {**paired_t_test([a[s] for s in seeds], [b[s] for s in seeds], level), "seeds": seeds}
+
+# ---------------------------------------------------------------- power of the paired t-test
+POWER = 0.8  # the power a comparison is sized for
+MAX_SEEDS = 1000  # seeds_needed answers None beyond this
+_GRID = 800  # Simpson intervals over the chi distribution: |error| < 1e-6 against statsmodels' noncentral t
+
+
+def _phi(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def paired_power(d: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided paired t-test with n pairs against a true standardised difference d (mean
+    difference / sd of the differences): P(|T| > t_crit) for T noncentral t with n - 1 degrees of freedom and
+    noncentrality d sqrt(n). Computed as E_U[Phi(d sqrt(n) - c U) + Phi(-d sqrt(n) - c U)] with c the critical
+    value over sqrt(df) and U = sqrt(chi2_df / 1) integrated by Simpson's rule (no scipy here)."""
+    if n < 2:
+        return float("nan")
+    df = n - 1
+    c = t_quantile(1.0 - alpha / 2.0, df) / math.sqrt(df)
+    delta = d * math.sqrt(n)
+    top = math.sqrt(df) + 12.0
+    h = top / _GRID
+    log_norm = math.log(2.0) - (df / 2.0) * math.log(2.0) - math.lgamma(df / 2.0)
+
+    def f(u: float) -> float:
+        if u <= 0.0:
+            return 0.0
+        density = math.exp(log_norm + (df - 1) * math.log(u) - u * u / 2.0)  # the chi distribution
+        return density * (_phi(delta - c * u) + _phi(-delta - c * u))
+
+    total = f(0.0) + f(top) + sum((4.0 if i % 2 else 2.0) * f(i * h) for i in range(1, _GRID))
+    return min(1.0, total * h / 3.0)
+
+
+def detectable_difference(sd_diff: float, n: int, power: float = POWER, alpha: float = ALPHA) -> float | None:
+    """The smallest true mean difference the paired t-test over n seeds detects with `power` (two-sided `alpha`),
+    at the observed sd of the differences; None with fewer than two seeds."""
+    if n < 2 or sd_diff is None:
+        return None
+    if sd_diff == 0.0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while paired_power(hi, n, alpha) < power:
+        hi *= 2.0
+    for _ in range(40):
+        mid = (lo + hi) / 2.0
+        lo, hi = (mid, hi) if paired_power(mid, n, alpha) < power else (lo, mid)
+    return hi * sd_diff
+
+
+def seeds_needed(diff: float, sd_diff: float, power: float = POWER, alpha: float = ALPHA) -> int | None:
+    """The fewest seeds with which the paired t-test detects a true difference `diff` with `power` at the sd of
+    the differences `sd_diff`; None when more than MAX_SEEDS (or the difference is 0)."""
+    if sd_diff is None or diff is None or diff == 0.0:
+        return None
+    if sd_diff == 0.0:
+        return 2
+    d = abs(diff) / sd_diff
+    if paired_power(d, MAX_SEEDS, alpha) < power:
+        return None
+    lo, hi = 1, 2
+    while paired_power(d, hi, alpha) < power:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if paired_power(d, mid, alpha) >= power else (mid, hi)
+    return hi
+
 
 def macro_accuracy(correct: Sequence[Sequence[float]]) -> float:
     """Mean over tasks of each task's mean correctness: the AA of one matrix row, from per-example results."""

@@ -57,7 +57,9 @@ LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}
                                                ("trainer", "gradient_checkpointing"): False,
                                                ("dry_run",): False,  # a dry run writes no record
                                                ("eval", "batch_tokens"): 0,
-                                               ("data", "extra_tasks"): None}
+                                               ("data", "extra_tasks"): None,
+                                               ("data", "val_per_class"): None,
+                                               ("eval", "split"): "test"}
 
 
 # every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter

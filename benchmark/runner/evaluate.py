@@ -44,7 +44,7 @@ def evaluate_all(ctx: RunContext, strategy: Strategy, tests: dict[str, list[Enco
             if acc.num_processes > 1:
                 scored = gather_object(scored)
             scored.sort(key=lambda s: s.index)
-            lines += predictions.example_rows(row, after, task.name, task.labels, task.test, scored)
+            lines += predictions.example_rows(row, after, task.name, task.labels, task.scored(ctx.cfg.eval.split), scored)
     ctx.model.train()
     return lines
 

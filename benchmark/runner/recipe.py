@@ -156,7 +156,7 @@ def dry_run(cfg: RunConfig, strategy: Strategy | None = None) -> str:
     names = [[t.name for t in st] for st in stages]
     resolved = schedule.resolve(cfg.eval, len(stages))
     rows = schedule.plan(names, stream.task_names, resolved, cfg.eval.every_k)
-    n_test = {t.name: len(t.test) for t in stream.tasks}
+    n_test = {t.name: len(t.scored(cfg.eval.split)) for t in stream.tasks}
     lines = [f"plan of {getattr(strategy, 'name', '?')} on {stream.name} (no model loaded): {len(stages)} stages, "
              f"eval.schedule {cfg.eval.schedule} -> {resolved}",
              f"{'after':<28}{'train examples':>15}{'steps':>8}{'cells':>7}{'prompts':>9}"]
@@ -221,7 +221,7 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
                   content: dict[str, Any]) -> Path | None:
     ctx, strategy, cfg_dict = build_context(cfg, strategy, stream)
     acc, stream, encoder = ctx.accelerator, ctx.stream, ctx.encoder
-    tests = {t.name: encoder.encode(t, t.test) for t in stream.tasks}
+    tests = {t.name: encoder.encode(t, t.scored(cfg.eval.split)) for t in stream.tasks}
     stages = strategy.stages(stream.tasks)
     primary = cfg.eval.primary
     resolved = schedule.resolve(cfg.eval, len(stages))
@@ -330,7 +330,7 @@ def _estimate(cfg: RunConfig, stages: list[list[Task]], plan: list[list[str]], s
     per_step = first["seconds"] / max(first["steps"], 1)
     prompts_done = sum(r["prompts"] for r in state.eval_rows)
     per_prompt = state.eval_s / max(prompts_done, 1)
-    n_test = {t.name: len(t.test) for st in stages for t in st}
+    n_test = {t.name: len(t.scored(cfg.eval.split)) for st in stages for t in st}
     steps_left = sum(schedule.optimizer_steps(sum(len(t.train) for t in st), cfg.trainer, stage_epochs(cfg.trainer, st))
                      for st in stages[1:])
     prompts_left = sum(n_test.get(t, 0) for row in plan[2:] for t in row)
