@@ -161,6 +161,36 @@ def leaderboard_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def tune_main(argv: list[str] | None = None) -> int:
+    """`clbench-tune [OVERRIDES ...] --trials N`: an equal-budget study on validation data (benchmark/runner/tune.py)."""
+    ap = argparse.ArgumentParser(prog="clbench-tune", description="Tune a strategy's settings on validation data.")
+    ap.add_argument("overrides", nargs="*", help="as for clbench-run, e.g. strategy=olora +experiment=long_repro_cpu")
+    ap.add_argument("--trials", type=int, default=20, help="trials of the study (the same for every strategy)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="training seeds of every trial (default 1)")
+    ap.add_argument("--sampler-seed", type=int, default=0, help="the TPE sampler's seed (default 0)")
+    ap.add_argument("--metric", default="aa", help="the objective, a record metric (default aa)")
+    ap.add_argument("--out", default="results/tuning", help="study files and trial records (default results/tuning)")
+    ap.add_argument("--name", default=None, help="the study's name (default <strategy>-<stream>)")
+    args = ap.parse_args(argv)
+    register_configs()
+    from benchmark.runner import tune
+
+    try:
+        doc = tune.tune(args.overrides, args.trials, seeds=tuple(args.seeds), sampler_seed=args.sampler_seed,
+                        metric=args.metric, out=Path(args.out), name=args.name)
+    except KeyboardInterrupt as e:
+        _interrupted(e)
+    except Exception as e:  # Hydra's compose errors too: one line
+        if isinstance(e, ClbenchError) or type(e).__module__.startswith(("hydra", "omegaconf")):
+            _fail("clbench-tune", e)
+        raise
+    best = doc["best"]
+    print(f"clbench-tune: best of {args.trials} trials: {args.metric} {best['value']:.2f} on val with "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+          + f"; run it with: clbench-run {' '.join(args.overrides)} +tuned={doc['name']}")
+    return 0
+
+
 def data_main(argv: list[str] | None = None) -> int:
     """`clbench-data fetch` installs the benchmark release checked against task_streams/release.json;
     `clbench-data verify` checks a data folder against it."""

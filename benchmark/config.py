@@ -210,6 +210,9 @@ class RunConfig:
     leaderboard: bool = True  # regenerate the leaderboard after the run
     tag: str = ""
     dry_run: bool = False  # print the run's plan (stages, steps, evaluation cells) and stop, loading no model
+    # set by a tuned config (+tuned=<name>, written by clbench-tune): the study behind its values (bookkeeping:
+    # the values themselves are in the config)
+    tuning: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         # the blocks checked themselves when they were built; the stream's names need the data block's user

@@ -235,6 +235,13 @@ def test_locked_environment_compares_installed_versions_with_the_lock(tmp_path):
     assert records.environment_lock(tmp_path / "absent.lock") == {"lock": "absent.lock", "locked": False, "differs": None}
 
 
+def test_records_compare_with_the_checkouts_own_lock_file():
+    # the redesign moved store.py a folder deeper and the default pointed at a lock that does not exist, so every
+    # record said "locked: false, differs: null" and `make check-lock` passed whatever was installed
+    assert records.LOCK_FILE == ROOT / "requirements.lock" and records.LOCK_FILE.is_file()
+    assert records.lock_differences() is not None
+
+
 def test_the_lock_file_pins_torch_and_the_test_tools_but_not_the_separately_installed_packages():
     pins = {}
     for line in (ROOT / "requirements.lock").read_text(encoding="utf-8").splitlines():

@@ -229,6 +229,15 @@ def _comparison_key(rec: dict) -> str:
                            _without(config, NOT_COMPARED)])
 
 
+def _tuned_text(rec: dict) -> str | None:
+    """'tuned: 8 trials on val' for a run whose values came from a clbench-tune study."""
+    tuning = rec["config"].get("tuning")
+    if not isinstance(tuning, dict) or not tuning:
+        return None
+    objective = str(tuning.get("objective", ""))
+    return f"tuned: {tuning.get('trials', '?')} trials on val" + (f" ({objective})" if objective else "")
+
+
 def _chat_text(rec: dict) -> str:
     applied = (rec.get("prompt_format") or {}).get("applied")
     return "n/a" if applied is None else ("on" if applied else "off")
@@ -270,6 +279,7 @@ def _row(key: tuple, runs: list[tuple[Path, dict]]) -> dict[str, Any]:
     return {"model": model, "stream": stream, "strategy": strategy, "config": chash, "eval": mode,
             "seeds": [r["seed"] for _, r in runs], "n": len(runs), "chat": _chat_text(first),
             "task_identity": bool(first["strategy"].get("task_identity")),
+            "tuned": _tuned_text(first),
             # seeds whose records carry no prediction files: checked for consistency, not re-scored
             "unverified": sum(not verify.is_verifiable(r) for _, r in runs),
             "runs": [_run(p, r) for p, r in runs],
@@ -301,6 +311,8 @@ def add_settings(rows: list[dict]) -> None:
             settings = [TASK_IDENTITY] if r["task_identity"] else []
             if r["flat_config"].get("eval.split") == "val":  # never pooled with test rows: another configuration
                 settings.append(VALIDATION)
+            if r["tuned"]:
+                settings.append(r["tuned"])
             settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves)
             r["settings"] = ", ".join(settings)
 

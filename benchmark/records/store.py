@@ -21,7 +21,7 @@ from benchmark.records.schema import REQUIRED_ALWAYS, SCHEMA, SCORE_MODES, RunRe
 # what a stored record must have to be read at all (the schema's keys but those added later: see `upgrade`)
 REQUIRED = tuple(sorted(REQUIRED_ALWAYS))
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "hydra-core", "avalanche-lib", "wandb", "clbench", "numpy")
-LOCK_FILE = Path(__file__).resolve().parent.parent / "requirements.lock"
+LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # the checkout's root, beside pyproject.toml
 
 
 class RecordError(ClbenchError, ValueError):
@@ -34,7 +34,7 @@ def canonical_json(obj: Any) -> str:
 
 
 # keys that do not change results; seed too, so that runs differing only in seed share a hash (a leaderboard row)
-BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger")
+BOOKKEEPING = ("seed", "results_dir", "resume", "keep_checkpoints", "leaderboard", "logger", "tuning")
 # settings that say where things sit on one machine: never part of a run's identity (the same data or model
 # under another path is the same run) and never written into a record (stored as null: a record names no local
 # path). The content they point at is identified by hashes instead: see CONTENT_FACTS

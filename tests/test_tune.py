@@ -1,0 +1,72 @@
+"""clbench-tune (issue 24, part 2): a seeded Optuna study over a strategy's search space, every trial a run scored
+on validation data, never on test; the best values become a config that later runs load."""
+import gzip
+import json
+import uuid
+
+import pytest
+
+from benchmark.runner import tune
+from task_streams import DataConfig, load_task
+
+from .conftest import CONF, TINY_RUN, compose_cfg
+
+BASE = TINY_RUN + ["stream.tasks=[CB,WiC]", "data.val_per_class=1", "trainer.max_steps_per_task=2"]
+
+
+@pytest.fixture
+def spaces(tmp_path):
+    path = tmp_path / "spaces.yaml"
+    path.write_text("all:\n  trainer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                    "strategies:\n  seq_lora: {strategy.lora.alpha: {choices: [16, 32]}}\n")
+    return path
+
+
+def _study(tmp_path, spaces, name, **kw):
+    return tune.tune(BASE, 3, out=tmp_path / "tuning", name=name, spaces_file=spaces, tuned_dir=tmp_path / "tuned", **kw)
+
+
+def _scored_ids(folder):
+    ids = set()
+    for path in folder.glob("*.predictions/*.jsonl.gz"):
+        ids |= {json.loads(line)["id"] for line in gzip.decompress(path.read_bytes()).splitlines()}
+    return ids
+
+
+def test_a_seeded_study_is_reproducible_and_never_scores_the_test_split(tmp_path, spaces):
+    a = _study(tmp_path, spaces, "a")
+    b = _study(tmp_path, spaces, "b")
+    assert len(a["trials"]) == 3 and all(t["value"] is not None for t in a["trials"])
+    assert [(t["params"], t["value"]) for t in a["trials"]] == [(t["params"], t["value"]) for t in b["trials"]]
+    assert a["tuning"]["objective"] == "aa on val" and a["tuning"]["trials"] == 3
+    assert (tmp_path / "tuning" / "study-a.json").is_file() and (tmp_path / "tuned" / "a.yaml").is_file()
+    data = DataConfig(train_per_class=4, test_per_class=2, val_per_class=1)
+    val = {e.id for t in ("CB", "WiC") for e in load_task(t, data).val}
+    test = {e.id for t in ("CB", "WiC") for e in load_task(t, data).test}
+    scored = _scored_ids(tmp_path / "tuning" / "a" / "runs")
+    assert scored == val and not scored & test
+
+
+def test_an_unknown_setting_in_the_space_stops_the_study_before_any_trial(tmp_path):
+    bad = tmp_path / "spaces.yaml"
+    bad.write_text("all:\n  trainer.learning_rate: {low: 1.0e-4, high: 1.0e-2}\n")
+    calls = []
+    with pytest.raises(tune.TuneError, match="trainer.learning_rate"):
+        tune.tune(BASE, 3, out=tmp_path / "tuning", spaces_file=bad, tuned_dir=tmp_path, run=calls.append)
+    assert calls == [] and not (tmp_path / "tuning").exists()
+
+
+def test_a_tuned_config_loads_and_its_runs_say_so_on_the_leaderboard(tmp_path, spaces, tiny_run):
+    from benchmark import leaderboard
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    try:
+        doc = tune.tune(BASE, 2, out=tmp_path / "tuning", name=name, spaces_file=spaces, tuned_dir=CONF / "tuned")
+        cfg = compose_cfg(BASE + [f"+tuned={name}"])
+        assert cfg.trainer.lr == doc["best"]["params"]["trainer.lr"] and cfg.tuning["trials"] == 2
+        rec = tiny_run("stream.tasks=[CB,WiC]", "trainer.max_steps_per_task=2", f"+tuned={name}", results=tmp_path / "final")
+    finally:
+        (CONF / "tuned" / f"{name}.yaml").unlink(missing_ok=True)
+    assert rec["config"]["tuning"]["study"] == f"study-{name}.json" and rec["config"]["eval"]["split"] == "test"
+    board = leaderboard.build_board(tmp_path / "final" / "runs", tmp_path / "final")
+    assert "tuned: 2 trials on val (aa on val)" in board["rows"][0]["settings"]
