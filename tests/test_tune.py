@@ -70,3 +70,31 @@ def test_a_tuned_config_loads_and_its_runs_say_so_on_the_leaderboard(tmp_path, s
     assert rec["config"]["tuning"]["study"] == f"study-{name}.json" and rec["config"]["eval"]["split"] == "test"
     board = leaderboard.build_board(tmp_path / "final" / "runs", tmp_path / "final")
     assert "tuned: 2 trials on val (aa on val)" in board["rows"][0]["settings"]
+
+
+def test_strategies_tuned_at_the_same_budget_are_paired_whatever_values_their_studies_chose(tmp_path):
+    from benchmark import leaderboard
+    from benchmark.records import store
+    from tests.conftest import older, write_raw
+    from tests.test_records_leaderboard import _rec
+
+    budget = {"trials": 4, "objective": "aa on val", "val_per_class": 8, "seeds": [1], "sampler": "TPE seed 0"}
+
+    def record(strategy, seed, lr, aa, tuning):
+        config = {"seed": seed, "trainer": {"lr": lr}, "strategy": {"name": strategy}, "tuning": tuning}
+        chash = store.config_hash(config, content={})
+        rec = _rec(strategy, seed, aa_last=(aa - 5.0, aa + 5.0), chash=chash, run_id=f"{strategy}-{chash}-s{seed}")
+        return older({**rec, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}})
+
+    runs = tmp_path / "runs"
+    for seed, gain in zip((1, 2, 3), (10.0, 11.0, 9.5)):
+        write_raw(runs, record("seq_lora", seed, 3e-4, 50.0 + seed, {**budget, "space": {"trainer.lr": {}}}))
+        write_raw(runs, record("olora", seed, 1e-3, 50.0 + seed + gain,
+                               {**budget, "space": {"trainer.lr": {}, "strategy.lambda1": {}}}))
+        write_raw(runs, record("replay", seed, 1e-3, 52.0 + seed, {}))  # untuned: another comparison
+    board = leaderboard.build_board(runs, tmp_path)
+    rows = {r["strategy"]: r for r in board["rows"]}
+    assert rows["olora"]["vs_baseline"]["metrics"]["aa"]["n"] == 3  # lr 1e-3 against lr 3e-4, both tuned
+    assert rows["olora"]["vs_baseline"]["metrics"]["aa"]["diff"] == pytest.approx(10.166666, rel=1e-5)
+    assert rows["replay"]["vs_baseline"]["metrics"]["aa"]["verdict"] == "no baseline"
+    assert "tuned: 4 trials on val" in rows["olora"]["settings"]

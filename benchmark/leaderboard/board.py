@@ -11,6 +11,7 @@ record of the same configuration and seed is listed under "duplicates" and never
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -223,8 +224,26 @@ def _inert_removed(config: dict, tasks: list[str]) -> dict:
     return {**config, "trainer": trainer}
 
 
+def _without_tuned(config: dict, tuning: Any) -> dict:
+    """A tuned run's config without the settings its study chose, plus the study's budget: two strategies tuned
+    at the same budget on the same validation data are compared whatever values each study found."""
+    if not isinstance(tuning, dict) or not isinstance(tuning.get("space"), dict):
+        return config
+    config = json.loads(canonical_json(config))
+    for key in tuning["space"]:
+        *parents, last = str(key).split(".")
+        node = config
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    config["tuning_budget"] = {k: tuning.get(k) for k in ("trials", "objective", "val_per_class", "seeds", "sampler")}
+    return config
+
+
 def _comparison_key(rec: dict) -> str:
     config = _inert_removed(record_identity(rec), rec["stream"].get("tasks", []))
+    config = _without_tuned(config, rec["config"].get("tuning"))
     return canonical_json([rec["model"]["name"], _stream_label(rec), str(rec.get("eval_mode", "")),
                            _without(config, NOT_COMPARED)])
 
