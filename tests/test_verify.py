@@ -204,3 +204,19 @@ def test_an_older_record_is_shown_unverified_and_still_checked(tmp_path):
     assert "metric bwt is 5.0 but its matrix gives" in board["problems"][0]
     leaderboard.regenerate(runs, tmp_path)
     assert "1 (1), unverified" in (tmp_path / "LEADERBOARD.md").read_text()
+
+
+def test_a_verified_run_has_a_bootstrap_interval_of_its_final_aa_over_its_test_examples(two_task_run, tmp_path):
+    """Issue 24, part 3: per-run intervals over test examples beside the seed intervals."""
+    from benchmark.records import predictions, stats
+
+    board = _board(two_task_run, tmp_path, lambda rec, folder: None)
+    row = board["rows"][0]
+    path, rec = two_task_run
+    last = max(rec["predictions"]["files"], key=lambda f: f["row"])
+    lines = predictions.parse((path.parent / rec["predictions"]["folder"] / last["file"]).read_bytes(), last["file"])
+    mode = row["eval"]
+    samples = [[float(c) for c in predictions.correct(lines, t, mode)] for t in rec["matrix"]["columns"]]
+    lo, hi = stats.bootstrap_ci(stats.macro_accuracy, samples, n_resamples=1000)["ci"]
+    assert row["aa_test_halfwidth"] == pytest.approx(100 * (hi - lo) / 2) and row["aa_test_n"] == 1
+    assert row["runs"][0]["aa_test_ci"][0] <= rec["scores"][mode]["metrics"]["aa"] <= row["runs"][0]["aa_test_ci"][1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -272,7 +273,9 @@ def _anatomy_summary(rec: dict) -> dict:
 
 def _run(path: Path, rec: dict) -> dict[str, Any]:
     return {"file": path.name, "seed": rec["seed"], "matrix": rec["matrix"], "anatomy": _anatomy_rows(rec),
-            "metrics": {m.key: rec["metrics"].get(m.key) for m in QUALITY}}
+            "metrics": {m.key: rec["metrics"].get(m.key) for m in QUALITY},
+            # the final AA's 95 % bootstrap interval over this run's test examples (verified records only)
+            "aa_test_ci": (rec.get(verify.TEST_CI) or {}).get(rec.get("eval_mode"))}
 
 
 def _summaries(runs: list[tuple[Path, dict]]) -> dict[str, Any]:
@@ -283,6 +286,10 @@ def _summaries(runs: list[tuple[Path, dict]]) -> dict[str, Any]:
         values = [r["metrics"][m.key] for _, r in runs if r["metrics"].get(m.key) is not None]
         out[m.key], out[m.key + "_sd"] = stats.mean_sd(values)
         out[m.key + "_ci"], out[m.key + "_n"] = stats.t_interval(values), len(values)
+    cis = [(r.get(verify.TEST_CI) or {}).get(r.get("eval_mode")) for _, r in runs]
+    widths = [(ci[1] - ci[0]) / 2 for ci in cis if ci is not None]
+    out["aa_test_halfwidth"] = statistics.fmean(widths) if widths else None
+    out["aa_test_n"] = len(widths)
     for k in ANATOMY:
         values = [v for v in (_anatomy_summary(r).get(k) for _, r in runs) if v is not None]
         out[k], out[k + "_sd"] = stats.mean_sd(values) if values else (None, None)

@@ -137,6 +137,17 @@ SEEDS = Column("Seeds", text=seeds_text, sort_value=lambda r: r["n"],
                csv=lambda r: {"n": r["n"], "seeds": " ".join(map(str, r["seeds"])), "unverified": r["unverified"]})
 
 
+def test_ci_text(row: Row) -> str:
+    """The mean half-width of the runs' bootstrap intervals of AA over their test examples."""
+    if row.get("aa_test_halfwidth") is None:
+        return "n/a (unverified)" if row.get("unverified") else "n/a"
+    return f"±{row['aa_test_halfwidth']:.2f} ({row['aa_test_n']} seed{'s' if row['aa_test_n'] != 1 else ''})"
+
+
+TEST_CI = Column("AA ± test examples", text=test_ci_text, sort_value=lambda r: r.get("aa_test_halfwidth"),
+                 csv=lambda r: {"aa_test_ci_halfwidth": r.get("aa_test_halfwidth")})
+
+
 def _quality_column(m: Metric) -> Column:
     k = m.key
     return Column(m.label, text=lambda r: quality_text(r, m), sort_value=lambda r: r[k],
@@ -169,6 +180,7 @@ def _quality_columns() -> list[Column]:
     for m in QUALITY:
         out.append(_quality_column(m))
         if m.key == PAIRED[0]:
+            out.append(TEST_CI)
             out.append(_vs_baseline_column(m))
             out.append(Column(f"{m.label} vs {{baseline}}: power", text=lambda r, k=m.key: power_text(r, k),
                               sort_value=lambda r, k=m.key: r["vs_baseline"]["metrics"][k].get("detectable")))
@@ -222,6 +234,9 @@ def explanation(baseline: str, unavailable: list[str] | None = None, unverified:
         "the seeds both ran: mean difference, its 95 % t-interval, two-sided paired t-test p. \"significant\" means "
         "p < 0.05 (per comparison, not corrected for the number of rows); with fewer than 2 paired seeds the test is "
         "n/a. The CSV carries the same comparison for BWT, FWT and forgetting.",
+        "AA ± test examples: per run, the 95 % percentile bootstrap interval of its final AA over its own test "
+        "examples (1000 resamples, stratified by task, seeded), its half-width averaged over the seeds: how much of "
+        "the seed spread the size of the test sets alone explains. Records without prediction files have none.",
         f"Power: the smallest difference the paired t-test over the row's paired seeds detects with 80 % power "
         f"(two-sided 0.05) at the observed sd of the paired differences, then how many seeds the observed difference "
         f"would need for 80 % power (noncentral t, benchmark/records/stats.py). A small test set shows up here as a "

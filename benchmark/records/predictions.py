@@ -178,6 +178,13 @@ def accuracies(lines: list[dict], tasks: list[str]) -> dict[str, list[float | No
     return out
 
 
+def correct(lines: list[dict], task: str, mode: str) -> list[bool]:
+    """Per example of `task` in one evaluation's lines, whether `mode` scored it right (recomputed, as in
+    accuracies); examples the mode did not score are left out."""
+    judged = (_judge(line, mode) for line in lines if line["task"] == task)
+    return [bool(v) for v in judged if v is not None]
+
+
 def _judge(line: dict, mode: str) -> bool | None:
     if mode == "generate":
         g = line.get("generation")

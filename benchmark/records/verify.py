@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import ClbenchError
-from benchmark.records import predictions
+from benchmark.records import predictions, stats
 from benchmark.records.metrics import all_metrics, general_retention
 from benchmark.records.schema import problems
 from benchmark.records.store import config_hash, recorded_content, recorded_task_versions
@@ -141,4 +141,20 @@ def _files(rec: dict[str, Any], path: Path) -> str | None:
             row = next(i for i, (a, b) in enumerate(zip(rescored, score["values"])) if a != b)
             return f"{mode} matrix row {row} ({rec['matrix']['rows'][row]}) is not what its predictions score: " \
                    f"{score['values'][row]} recorded, {rescored[row]} rescored"
+    # derived here, where the lines are read once: how wide the final AA is from the test examples alone
+    rec[TEST_CI] = {mode: final_aa_interval(lines[max(lines)], tasks, mode) for mode in rec["scores"]}
     return None
+
+
+TEST_CI = "derived_test_ci"  # a key the leaderboard adds to a verified record in memory; never stored
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def final_aa_interval(lines: list[dict], tasks: list[str], mode: str) -> tuple[float, float] | None:
+    """95 % percentile-bootstrap interval of the final row's AA over its test examples (stratified by task,
+    seeded), in %; None when a task of the row has no scored example."""
+    samples = [[float(c) for c in predictions.correct(lines, task, mode)] for task in tasks]
+    if any(not s for s in samples):
+        return None
+    ci = stats.bootstrap_ci(stats.macro_accuracy, samples, n_resamples=BOOTSTRAP_RESAMPLES)["ci"]
+    return (100.0 * ci[0], 100.0 * ci[1])
