@@ -137,10 +137,13 @@ def read_record(path: Path) -> dict[str, Any]:
     """One record, strictly, read as the current schema (store.upgrade): raises RecordError naming the file and
     the reason it cannot be used, its prediction files included (they must be the bytes it names)."""
     rec = upgrade(load_record(path))
-    reason = _defect(rec) or verify.problem(rec, path)
+    reason = _defect(rec)
+    derived: dict[str, Any] = {}
+    if not reason:
+        reason, derived = verify.examine(rec, path)
     if reason:
         raise RecordError(f"{path}: {reason}")
-    return rec
+    return {**rec, **derived}  # this board's own copy: what the verification derived rides along in memory
 
 
 def load_valid(runs_dir: Path) -> tuple[list[tuple[Path, dict]], list[str]]:

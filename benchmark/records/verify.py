@@ -39,15 +39,23 @@ def is_verifiable(rec: dict[str, Any]) -> bool:
 
 def problem(rec: dict[str, Any], path: Path) -> str | None:
     """Why the record (read by store.load_record and upgraded) cannot be shown, or None."""
+    return examine(rec, path)[0]
+
+
+def examine(rec: dict[str, Any], path: Path) -> tuple[str | None, dict[str, Any]]:
+    """(problem, derived): why the record cannot be shown (or None), and what the verification derived from its
+    prediction lines while it read them ({TEST_CI: {mode: interval}} for a verified record). The record itself
+    is never changed."""
+    derived: dict[str, Any] = {}
     if not is_verifiable(rec) and any(k in rec for k in WRITTEN_WITH_PREDICTIONS):
-        return "names no prediction files, though it was written when every run kept them"
+        return "names no prediction files, though it was written when every run kept them", derived
     try:
         return (_schema(rec) or _identity(rec) or _consistency(rec)
-                or (_files(rec, Path(path)) if is_verifiable(rec) else None))
+                or (_files(rec, Path(path), derived) if is_verifiable(rec) else None)), derived
     except ClbenchError as e:  # an unreadable prediction file
-        return str(e)
+        return str(e), {}
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:  # a shape the checks did not foresee
-        return f"malformed record ({type(e).__name__}: {e})"
+        return f"malformed record ({type(e).__name__}: {e})", {}
 
 
 def _schema(rec: dict[str, Any]) -> str | None:
@@ -110,7 +118,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return not path.is_symlink() and path.resolve().parent == folder.resolve()
 
 
-def _files(rec: dict[str, Any], path: Path) -> str | None:
+def _files(rec: dict[str, Any], path: Path, derived: dict[str, Any]) -> str | None:
     """The prediction files: plain names inside the runs folder, one per matrix row, the bytes the record names,
     and lines that re-score to every matrix of the record."""
     entry, runs = rec["predictions"], path.parent
@@ -142,11 +150,11 @@ def _files(rec: dict[str, Any], path: Path) -> str | None:
             return f"{mode} matrix row {row} ({rec['matrix']['rows'][row]}) is not what its predictions score: " \
                    f"{score['values'][row]} recorded, {rescored[row]} rescored"
     # derived here, where the lines are read once: how wide the final AA is from the test examples alone
-    rec[TEST_CI] = {mode: final_aa_interval(lines[max(lines)], tasks, mode) for mode in rec["scores"]}
+    derived[TEST_CI] = {mode: final_aa_interval(lines[max(lines)], tasks, mode) for mode in rec["scores"]}
     return None
 
 
-TEST_CI = "derived_test_ci"  # a key the leaderboard adds to a verified record in memory; never stored
+TEST_CI = "derived_test_ci"  # what examine derives; the leaderboard keeps it beside the record, never stored
 BOOTSTRAP_RESAMPLES = 1000
 
 
