@@ -24,7 +24,7 @@ from benchmark.records import stats, verify
 from benchmark.records.metrics import PAIRED, QUALITY, all_metrics, missing_cells
 from benchmark.records.schema import SCORE_MODES
 from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, load_record, load_records,
-                                     nonfinite_path, record_identity, upgrade)
+                                     nonfinite_path, parent_of, record_identity, upgrade)
 
 MODES = SCORE_MODES
 DEFAULT_MODE = "generate"
@@ -235,11 +235,8 @@ def _without_tuned(config: dict, tuning: Any) -> dict:
         return config
     config = json.loads(canonical_json(config))
     for key in tuning["space"]:
-        *parents, last = str(key).split(".")
-        node = config
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, last = parent_of(config, str(key).split("."))
+        if node is not None:
             node.pop(last, None)
     config["tuning_budget"] = {k: tuning.get(k) for k in ("trials", "objective", "val_per_class", "seeds", "sampler")}
     return config

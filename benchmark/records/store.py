@@ -104,14 +104,21 @@ def _same_targets_as_before(node: Any) -> None:
             _same_targets_as_before(v)
 
 
+def parent_of(config: Any, path: tuple[str, ...] | list[str]) -> tuple[dict | None, str]:
+    """(the mapping that holds the last key of a dotted path, that key); (None, key) where the path breaks off."""
+    *parents, key = path
+    node = config
+    for p in parents:
+        node = node.get(p) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), key
+
+
 def without_locations(config: dict[str, Any]) -> dict[str, Any]:
     """A copy of a config with every LOCATIONS key that it holds set to null: what a record stores."""
     cleaned = json.loads(canonical_json(config))
-    for *parents, key in LOCATIONS:
-        node = cleaned
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node:
+    for path in LOCATIONS:
+        node, key = parent_of(cleaned, path)
+        if node is not None and key in node:
             node[key] = None
     return cleaned
 
@@ -137,18 +144,14 @@ def identity_config(config: dict[str, Any], task_versions: dict[str, int] | None
     facts (`content`: CONTENT_FACTS as a run computes them or recorded_content of a record; default: the
     strategies' current objective versions, all a config tells before its data and model are read)."""
     cleaned = without_locations({k: v for k, v in config.items() if k not in BOOKKEEPING})
-    for *parents, key in NOT_IDENTITY:
-        node = cleaned
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+    for path in NOT_IDENTITY:
+        node, key = parent_of(cleaned, path)
+        if node is not None:
             node.pop(key, None)
     for path, default in LATER_DEFAULTS.items():
-        node = cleaned
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and path[-1] in node and node[path[-1]] == default:
-            del node[path[-1]]
+        node, key = parent_of(cleaned, path)
+        if node is not None and key in node and node[key] == default:
+            del node[key]
     _same_targets_as_before(cleaned.get("strategy"))
     versions = stream_task_versions(config) if task_versions is None else task_versions
     changed = {t: v for t, v in sorted(versions.items()) if v != FIRST_TASK_VERSION}
