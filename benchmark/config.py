@@ -145,6 +145,38 @@ class EvalConfig:
         return "generate" if self.generates else "loglik"
 
 
+# the general-ability tasks clbench defines over local files (benchmark/runner/general.py LOCAL_TASKS); any other
+# name in general.tasks is an lm-evaluation-harness task, which needs hub access to its dataset
+GENERAL_ROWS = ("all", "ends")
+
+
+@dataclass
+class GeneralConfig:
+    """General ability the way the papers report it: lm-evaluation-harness tasks on the model as it is evaluated
+    for the accuracy matrix (benchmark/runner/general.py). The corpus perplexity stays in eval.general_*."""
+
+    # lm-eval tasks: mmlu_cloze (MMLU scoring each answer's text, lm-eval's mmlu_continuation; what SmolLM2's model
+    # card reports), mmlu (the letter format A-D, lm-eval's default mmlu), both over the local MMLU file
+    # (task_streams/mmlu.py); or any lm-eval task name (its data from the hub). [] = none
+    tasks: list[str] = field(default_factory=list)
+    per_subject: int = 5  # local MMLU: questions per subject, stratified and seeded (0 = all 14,042)
+    limit: Optional[int] = None  # with a hub task: every task's first `limit` documents (null = all)
+    num_fewshot: int = 0  # the local MMLU file holds the test split only: zero-shot
+    batch_size: int = 8  # lm-eval's batch (on CPU 8 ran 10x faster than its "auto")
+    seed: int = 1234  # which questions per_subject draws (lm-eval's default seed)
+    rows: str = "all"  # all: after every evaluation of the schedule; ends: zero-shot and after the last stage
+
+    def __post_init__(self):
+        raise_problems([
+            at_least("general.per_subject", self.per_subject, 0),
+            None if self.limit is None else at_least("general.limit", self.limit, 1),
+            at_least("general.num_fewshot", self.num_fewshot, 0),
+            at_least("general.batch_size", self.batch_size, 1),
+            one_of("general.rows", self.rows, GENERAL_ROWS),
+            None if len(set(self.tasks)) == len(self.tasks) else f"general.tasks names a task twice: {self.tasks}",
+        ])
+
+
 @dataclass
 class TrainerConfig:
     device: str = "auto"  # one of DEVICES
@@ -201,6 +233,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     strategy: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_STRATEGY})
     eval: EvalConfig = field(default_factory=EvalConfig)
+    general: GeneralConfig = field(default_factory=GeneralConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1

@@ -9,8 +9,8 @@ from typing import Any
 
 from benchmark.records import predictions as predictions_mod
 from benchmark.records import store
-from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, missing_cells
-from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GenerationStats, Identity, Matrix, MatrixBlock, Model, Predictions,
+from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, general_scores, missing_cells
+from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GeneralTask, GenerationStats, Identity, Matrix, MatrixBlock, Model, Predictions,
                                       Provenance, RunRecord, Score, ScoreMode, Setup, Stage, Stream, TaskAnatomy)
 
 
@@ -24,10 +24,17 @@ def new_run_id(stamp: str, strategy: str, stream: str, run_key: str) -> str:
     return f"{stamp}-{strategy}-{stream}-{run_key}-{random.Random().getrandbits(24):06x}"
 
 
-def scores_of(matrices: dict[str, Matrix], ppl_before: float | None, ppl_after: float | None) -> dict[ScoreMode, Score]:
-    """Each computed mode's matrix with its metrics (the general-ability retention is the same for both)."""
-    retention = general_retention(ppl_before, ppl_after)
+def scores_of(matrices: dict[str, Matrix], ppl_before: float | None, ppl_after: float | None,
+              general: dict[str, GeneralTask] | None = None) -> dict[ScoreMode, Score]:
+    """Each computed mode's matrix with its metrics (the general-ability ones, perplexity and lm-eval tasks, are
+    the same for both)."""
+    retention = {**general_retention(ppl_before, ppl_after), **general_scores(general_rows(general or {}))}
     return {m: Score(values=R, metrics={**all_metrics(R), **retention}) for m, R in matrices.items()}
+
+
+def general_rows(general: dict[str, GeneralTask]) -> dict[str, list[float]]:
+    """{task: its score per evaluated row, in row order}: what the general metrics read."""
+    return {task: [r["score"] for r in sorted(block["rows"], key=lambda r: r["row"])] for task, block in general.items()}
 
 
 def cost_of(stages: list[Stage], *, wall_s: float, peak_memory_mb: float, trainable_params: int, processes: int,
@@ -55,7 +62,7 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
                  stages: list[Stage], generation_rows: list[dict[str, GenerationStats] | None],
                  anatomy_rows: list[dict[str, TaskAnatomy] | None], resumed_after_stages: list[int], cost: Cost,
                  setup: Setup, provenance: Provenance, predictions: Predictions, evaluation: Evaluation,
-                 identity: Identity) -> RunRecord:
+                 identity: Identity, general: dict[str, GeneralTask] | None = None) -> RunRecord:
     """The record of a finished run. `config` is stored without its LOCATIONS (a record names no local path);
     `identity` holds the content facts that, with the config, made `config_hash`."""
     config = store.without_locations(config)
@@ -63,7 +70,7 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
                          values=scores[primary]["values"], unit="accuracy %")
     anatomy = Anatomy(rows=anatomy_rows, summary=predictions_mod.summarize_anatomy(
         anatomy_rows, [t for st in stages[:-1] for t in st["tasks"]]))
-    return RunRecord(
+    record = RunRecord(
         schema=SCHEMA,
         run_id=run_id,
         created_utc=created_utc,
@@ -91,3 +98,6 @@ def build_record(*, run_id: str, created_utc: str, config: dict[str, Any], confi
         evaluation=evaluation,
         identity=identity,
     )
+    if general:  # only runs with lm-eval tasks carry the block
+        record["general"] = general
+    return record

@@ -51,12 +51,16 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("fwt", "FWT", "points", True, signed=True, paired=True, quality=True),
     Metric("forgetting", "Forgetting", "points", False, paired=True, quality=True),
     Metric("ppl_rel_change", "Gen. ppl change", "fraction", False, signed=True, quality=True),
+    # lm-eval general tasks (MMLU): mean score after the last stage minus before training, in points
+    Metric("general_change", "General (lm-eval) change", "points", True, signed=True, paired=True, quality=True),
     Metric("learning_accuracy", "Learning accuracy", "points", True),
     Metric("avg_incremental_accuracy", "Avg. incremental accuracy", "points", True),
     Metric("zero_shot_aa", "Zero-shot AA", "points", True),
     Metric("ppl_before", "Gen. ppl before", "perplexity", None),
     Metric("ppl_after", "Gen. ppl after", "perplexity", None),
     Metric("fwt_vs_single_task", "FWT vs single-task", "points", True, signed=True),
+    Metric("general_before", "General (lm-eval) before", "points", True),
+    Metric("general_after", "General (lm-eval) after", "points", True),
 )}
 QUALITY = [m for m in METRICS.values() if m.quality]
 PAIRED = [m.key for m in METRICS.values() if m.paired]
@@ -159,6 +163,18 @@ def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -
     if ppl_before is None or ppl_after is None or math.isnan(ppl_before) or math.isnan(ppl_after):
         return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": None}
     return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": ppl_after / ppl_before - 1.0}
+
+
+def general_scores(rows: dict[str, list[Optional[float]]]) -> dict[str, Optional[float]]:
+    """General ability through lm-eval: {task: its score per evaluated row, zero-shot first and the last stage's
+    last} -> the mean over tasks before training, after the last stage, and the change (points); {} without
+    tasks, so that records of runs without lm-eval tasks carry none of these keys."""
+    if not rows:
+        return {}
+    before = sum(r[0] for r in rows.values()) / len(rows)
+    after = sum(r[-1] for r in rows.values()) / len(rows)
+    return {"general_before": round(before, 6), "general_after": round(after, 6),
+            "general_change": round(after - before, 6)}
 
 
 def all_metrics(R: Matrix, reference: Optional[Sequence[float]] = None) -> dict[str, Optional[float]]:

@@ -131,15 +131,16 @@ def remove_stale(runs_dir: Path, run_key: str) -> list[Path]:
     return stale
 
 
-def publish(files: list[dict], source: Path, runs_dir: Path, run_id: str) -> dict[str, Any]:
-    """Copy a run's prediction files from its checkpoint folder to runs_dir/<run_id>.predictions/ (staged in a
-    temp folder and renamed, so the folder appears complete or not at all), checking each hash on the way.
-    Returns the record's `predictions` entry: folder relative to the record, and every file with its sha256."""
+def publish(files: list[dict], source: Path, runs_dir: Path, run_id: str, also: list[dict] = ()) -> dict[str, Any]:
+    """Copy a run's prediction files (and the files of `also`: the lm-eval per-sample logs) from its checkpoint
+    folder to runs_dir/<run_id>.predictions/ (staged in a temp folder and renamed, so the folder appears complete
+    or not at all), checking each hash on the way. Returns the record's `predictions` entry: folder relative to
+    the record, and every prediction file with its sha256."""
     final = runs_dir / f"{run_id}.predictions"
     tmp = runs_dir / f".tmp-{run_id}.predictions"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for f in files:
+    for f in [*files, *also]:
         src = source / f["file"]
         if sha256(src) != f["sha256"]:
             raise ClbenchError(f"{src}: predictions changed since they were written (sha256 mismatch)")

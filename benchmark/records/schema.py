@@ -36,6 +36,11 @@ class Metrics(TypedDict):
     ppl_after: Optional[float]
     ppl_rel_change: Optional[float]
     fwt_vs_single_task: NotRequired[Optional[float]]  # only with single-task reference accuracies
+    # general ability through lm-eval (record `general`): the mean over its tasks of their score in points before
+    # training, after the last stage, and the change; absent in runs without lm-eval tasks
+    general_before: NotRequired[Optional[float]]
+    general_after: NotRequired[Optional[float]]
+    general_change: NotRequired[Optional[float]]
 
 
 class Split(TypedDict):
@@ -254,6 +259,28 @@ class Score(TypedDict):
     metrics: Metrics
 
 
+class GeneralRow(TypedDict):
+    """One lm-eval task scored after one evaluation row."""
+    row: int  # the accuracy matrix's row (0 = zero-shot)
+    after: str
+    score: float  # the task's metric in points (accuracy %)
+    stderr: float  # lm-eval's standard error of it, in points
+    n: int  # documents scored
+    file: str  # the per-sample log in the predictions folder (gzip JSON lines; one line per document)
+    sha256: str
+
+
+class GeneralTask(TypedDict):
+    """An lm-eval task run after every evaluation row (general.rows all) or the first and last (ends)."""
+    metric: str  # lm-eval's metric the score is (acc)
+    version: Optional[str]  # lm-eval's version of the task
+    config_sha256: str  # lm-eval's config of the task as it ran, hashed
+    documents: int  # documents scored per row
+    ids_sha256: str  # which documents, in order
+    source: str  # local:<file> and its sha256, or hub:<dataset>
+    rows: list[GeneralRow]
+
+
 class PredictionFile(TypedDict):
     row: int
     after: str
@@ -292,6 +319,7 @@ class RunRecord(TypedDict):
     predictions: Predictions
     evaluation: Evaluation
     identity: Identity
+    general: NotRequired[dict[str, GeneralTask]]  # only in runs with lm-eval tasks (config general.tasks)
 
 
 # keys the runner began to write after the first published records: a record without them is read through

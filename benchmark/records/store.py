@@ -20,7 +20,8 @@ from benchmark.records.schema import REQUIRED_ALWAYS, SCHEMA, SCORE_MODES, RunRe
 
 # what a stored record must have to be read at all (the schema's keys but those added later: see `upgrade`)
 REQUIRED = tuple(sorted(REQUIRED_ALWAYS))
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "hydra-core", "avalanche-lib", "wandb", "clbench", "numpy")
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "hydra-core", "avalanche-lib", "wandb", "clbench", "numpy",
+            "lm_eval")
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"  # the checkout's root, beside pyproject.toml
 
 
@@ -59,7 +60,11 @@ LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}
                                                ("eval", "batch_tokens"): 0,
                                                ("data", "extra_tasks"): None,
                                                ("data", "val_per_class"): None,
-                                               ("eval", "split"): "test"}
+                                               ("eval", "split"): "test",
+                                               # no lm-eval task: the runs before general ability through lm-eval
+                                               ("general",): {"tasks": [], "per_subject": 5, "limit": None,
+                                                              "num_fewshot": 0, "batch_size": 8, "seed": 1234,
+                                                              "rows": "all"}}
 
 
 # every task was at version 1 when versions were introduced (task_streams/tasks.yaml): only other versions enter

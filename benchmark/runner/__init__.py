@@ -4,7 +4,8 @@
                    -> record
     context.py     RunContext, what a strategy's hooks see (exported through benchmark.api)
     loop.py        train_stage: batches, accumulation windows, the answer loss, the strategy's hooks
-    evaluate.py    one evaluation of every task, its prediction lines and general perplexity
+    evaluate.py    one evaluation of every task and its prediction lines
+    general.py     general ability: corpus perplexity and lm-evaluation-harness tasks (MMLU from a local file)
     engines.py     distribution engines (DDP, FSDP, DeepSpeed) and what each strategy may run under
     loggers.py     none / wandb
     checkpoint.py  per-stage checkpoints (safetensors + JSON) for resume

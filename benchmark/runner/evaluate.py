@@ -1,5 +1,5 @@
 """One evaluation of a run: every task of the stream scored with the strategy's evaluation model, its
-prediction lines (the source of every accuracy in the record), and general-ability perplexity."""
+prediction lines (the source of every accuracy in the record). General ability: benchmark/runner/general.py."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,6 @@ from benchmark.records import predictions
 from benchmark.records.predictions import PredictionLine
 from benchmark.records.schema import EvaluationRow
 from benchmark.runner.context import RunContext
-from benchmark.runner.loop import reduce_sum
 
 if TYPE_CHECKING:
     from benchmark.runner.recipe import RunState
@@ -69,27 +68,3 @@ def record_evaluation(ctx: RunContext, state: RunState, lines: list[PredictionLi
         state.predictions = [f for f in state.predictions if f["row"] != row] + [
             {"row": row, "after": after, "file": name, "sha256": sha}]
     return accs
-
-
-def general_sequences(ctx: RunContext) -> list[tuple[int, ...]]:
-    """The general-ability passages (eval.general_passages of the general corpus), tokenised."""
-    if not ctx.cfg.eval.general_passages:
-        return []
-    from task_streams import general
-
-    texts = general.passages("eval", ctx.cfg.eval.general_passages)
-    return ctx.encoder.encode_texts(texts, ctx.cfg.eval.general_tokens)
-
-
-def general_ppl(ctx: RunContext, strategy: Strategy, seqs: list[tuple[int, ...]]) -> float | None:
-    if not seqs:
-        return None
-    ctx.model.eval()
-    with strategy.eval_model(ctx), ctx.accelerator.autocast():
-        mine = seqs[ctx.accelerator.process_index :: ctx.accelerator.num_processes]
-        total, count = scoring.nll_sum(ctx.model, mine, ctx.tokenizer.pad_token_id, ctx.cfg.eval.batch_size, ctx.device,
-                                       ctx.tokenizer.eos_token_id)
-    ctx.model.train()
-    total, count = reduce_sum(ctx.accelerator, [total, count])
-    ppl = scoring.perplexity(total, int(count))
-    return None if ppl is None else round(ppl, 4)

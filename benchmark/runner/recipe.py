@@ -26,7 +26,8 @@ from benchmark.records.schema import Setup, Stage
 from benchmark.runner import engines, preflight, schedule
 from benchmark.runner.checkpoint import Checkpointer
 from benchmark.runner.context import RunContext
-from benchmark.runner.evaluate import evaluate_all, general_ppl, general_sequences, record_evaluation
+from benchmark.runner import general
+from benchmark.runner.evaluate import evaluate_all, record_evaluation
 from benchmark.runner.lock import RunLock
 from benchmark.runner.loggers import make_logger
 from benchmark.runner.loop import stage_epochs, train_stage
@@ -67,6 +68,7 @@ class RunState:
     predictions: list[dict] = field(default_factory=list)  # the prediction files written, with their sha256
     stage_stats: list[Stage] = field(default_factory=list)
     ppl_before: float | None = None
+    general: dict[str, Any] = field(default_factory=dict)  # the record's `general` block so far (lm-eval tasks)
     trained_names: list[str] = field(default_factory=list)  # parameters any stage trained (saved per checkpoint)
     previous_attempts_s: float = 0.0  # wall time of earlier attempts up to their last checkpoint
     resumed_after_stages: list[int] = field(default_factory=list)
@@ -239,20 +241,24 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
     ctx.logger = make_logger(cfg, cfg_dict, paths.run_key, acc.is_main_process)
 
     def evaluate(row: int, after: str, just_trained: list[str]) -> list[float | None]:
-        """The row's cells of the schedule, recorded with what they cost."""
+        """The row's cells of the schedule, and the lm-eval tasks on general.rows, recorded with what they cost."""
         t0 = time.perf_counter()
         lines = evaluate_all(ctx, strategy, tests, row, after, plan[row])
         seconds = time.perf_counter() - t0
-        state.eval_s += seconds
+        if row in general_rows:
+            general.evaluate_general(ctx, strategy, general_tasks, row, after, pred_dir, state.general)
+        state.eval_s += time.perf_counter() - t0
         return record_evaluation(ctx, state, lines, row, after, just_trained, pred_dir, seconds)[primary]
 
     def perplexity() -> float | None:
         t0 = time.perf_counter()
-        ppl = general_ppl(ctx, strategy, general_seqs)
+        ppl = general.general_ppl(ctx, strategy, general_seqs)
         state.eval_s += time.perf_counter() - t0
         return ppl
 
-    general_seqs = general_sequences(ctx)
+    general_seqs = general.general_sequences(ctx)
+    general_tasks = general.prepare(cfg.general)
+    general_rows = general.rows_to_score(cfg.general, len(stages) + 1)
     if start == 0:
         if acc.is_main_process:
             print(f"{len(stages)} stages; eval.schedule {resolved}: {schedule.cells(plan)} of "
@@ -285,7 +291,7 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         PROGRESS.stage_saved(s + 1)
         ctx.logger.log({f"acc/{t.name}": v for t, v in zip(stream.tasks, row) if v is not None})
 
-    scores = build.scores_of(state.matrices, state.ppl_before, perplexity())
+    scores = build.scores_of(state.matrices, state.ppl_before, perplexity(), state.general)
     # what `target_modules: [auto]` resolved to on this model (adapters may be added per stage: read at the end)
     targets = {t for c in getattr(ctx.model, "peft_config", {}).values() for t in (c.target_modules or ())}
     if targets:
@@ -297,7 +303,8 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         run_id = build.new_run_id(stamp, strategy_name, stream.name, paths.run_key)
         # the prediction files first: a record is written only when everything it names exists
         predictions.remove_stale(paths.runs, paths.run_key)
-        published = predictions.publish(state.predictions, pred_dir, paths.runs, run_id)
+        published = predictions.publish(state.predictions, pred_dir, paths.runs, run_id,
+                                        also=general.general_files(state.general))
         n_trainable = sum(p.numel() for n, p in ctx.model.named_parameters() if n in trained_names)
         record = build.build_record(
             run_id=run_id, created_utc=stamp, config=cfg_dict, config_hash=paths.config_hash,
@@ -312,7 +319,7 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
             setup=_setup(cfg, acc), provenance=store.provenance(), predictions=published,
             evaluation=build.evaluation_of(resolved, cfg.eval.every_k, state.eval_rows, len(stream.tasks),
                                            state.eval_s, state.estimate_s, scores[primary]),
-            identity=content)
+            identity=content, general=state.general)
         rec_path = store.write_record(record, paths.runs)
         if not cfg.keep_checkpoints:
             ckpt.remove()
