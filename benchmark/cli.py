@@ -84,10 +84,13 @@ def _summary(rec: dict, path: Path) -> str:
     wrong = (f"\nwrong answers on earlier tasks after the last stage: {fmt(anatomy['other_task_label_pct'])} % another "
              f"task's label, {fmt(anatomy['same_task_label_pct'])} % another label of the task, "
              f"{fmt(anatomy['no_label_pct'])} % no label") if anatomy.get("wrong") else ""
+    lm_eval = "".join(f"\n{task} (lm-eval, {len(b['rows'])} rows, {b['documents']} questions): "
+                      + " -> ".join(f"{r['score']:.2f} ±{r['stderr']:.2f}" for r in sorted(b["rows"], key=lambda r: r["row"]))
+                      for task, b in (rec.get("general") or {}).items())
     return (f"\naccuracy matrix (%, {mode}), {rec['strategy']['name']} on {rec['stream']['name']}, seed {rec['seed']}:\n"
             f"{_format_matrix(rec)}\n"
             f"{_metric_line(met, SUMMARY_METRICS)}  general ppl {fmt(met.get('ppl_before'))} -> "
-            f"{fmt(met.get('ppl_after'))}{others}{wrong}\n"
+            f"{fmt(met.get('ppl_after'))}{lm_eval}{others}{wrong}\n"
             f"record: {path}  ({rec['cost']['wall_s']:.0f} s)")
 
 

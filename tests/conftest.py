@@ -61,7 +61,7 @@ def strategy_runs(tmp_path_factory):
         out = tmp_path_factory.mktemp(yaml_name)
         cfg = strategy_run_cfg(yaml_name, out)
         s = build(dict(cfg.strategy))
-        seen: dict = {"grads_left": [], "eval_changed": [], "ctx": None}
+        seen: dict = {"grads_left": [], "eval_changed": [], "general_changed": [], "ctx": None}
         orig_after = s.after_stage
 
         def after_stage(ctx, _orig=orig_after):
@@ -73,6 +73,12 @@ def strategy_runs(tmp_path_factory):
                     with s.eval_task(ctx, task):
                         pass
             seen["eval_changed"].append(not same_model_state(before, model_state(ctx.model)))
+            if ctx.stage == 1:  # lm-eval on the model as evaluated (two MMLU questions: the path, not the score)
+                from benchmark.runner import general
+                from task_streams import mmlu
+
+                general.run_lm_eval(ctx, s, [general.local_task("mmlu", mmlu.questions()[:2])], ctx.cfg.general)
+                seen["general_changed"].append(not same_model_state(before, model_state(ctx.model)))
             seen["ctx"] = ctx
 
         s.after_stage = after_stage

@@ -92,6 +92,13 @@ def test_eval_model_leaves_the_training_state_as_it_found_it(name, yaml_name, ru
 
 
 @pytest.mark.parametrize("name,yaml_name", CASES)
+def test_general_tasks_leave_the_training_state_as_they_found_it(name, yaml_name, runs):
+    """lm-eval (HFLM puts the model in eval mode) under the strategy's eval_model, as after every evaluation."""
+    changed = runs(yaml_name)["seen"]["general_changed"]
+    assert changed == [False]
+
+
+@pytest.mark.parametrize("name,yaml_name", CASES)
 def test_accumulation_steps_every_stage_remainder_and_leaves_no_gradient(name, yaml_name, runs):
     got = runs(yaml_name)
     stages = got["record"]["stages"]

@@ -87,11 +87,13 @@ def _matrix_defect(rec: dict) -> str | None:
 
 
 def _expected_metrics(rec: dict) -> list[str]:
-    """The quality metrics this record must carry: those its matrix defines, and the perplexity change when
-    the run measured general perplexity (a run with eval.general_passages=0 legitimately has none)."""
+    """The quality metrics this record must carry: those its matrix defines, the perplexity change when the run
+    measured general perplexity (a run with eval.general_passages=0 legitimately has none), and the lm-eval change
+    when it ran lm-eval tasks."""
     defined = all_metrics(rec["matrix"]["values"])
     keys = [m.key for m in QUALITY if defined.get(m.key) is not None]
-    return keys + (["ppl_rel_change"] if rec["metrics"].get("ppl_before") is not None else [])
+    return (keys + (["ppl_rel_change"] if rec["metrics"].get("ppl_before") is not None else [])
+            + (["general_change"] if rec.get("general") else []))
 
 
 def _metrics_defect(rec: dict) -> str | None:
@@ -339,8 +341,20 @@ def add_settings(rows: list[dict]) -> None:
                 settings.append(VALIDATION)
             if r["tuned"]:
                 settings.append(r["tuned"])
-            settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves)
+            if any(k.startswith("general.") for k in leaves):
+                settings.append(_general_label(r["flat_config"]))
+            settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves if not k.startswith("general"))
             r["settings"] = ", ".join(settings)
+
+
+def _general_label(flat: dict[str, str]) -> str:
+    """The row's lm-eval tasks in a few words ('general: none' without them)."""
+    tasks = json.loads(flat.get("general.tasks", "[]"))
+    if not tasks:
+        return "general: none"
+    per = flat.get("general.per_subject", "?")
+    return (f"general: {', '.join(tasks)} ({'all' if per == '0' else per + '/subject'} questions, "
+            f"rows {flat.get('general.rows', 'all')}, {flat.get('general.num_fewshot', '0')}-shot)")
 
 
 def _setting(flat: dict[str, str], key: str) -> str:

@@ -227,7 +227,9 @@ def explanation(baseline: str, unavailable: list[str] | None = None, unverified:
     return [
         "Quality cells: mean ± sample standard deviation over seeds, then in brackets the 95 % confidence interval "
         "of the mean, mean ± t(0.975, n−1) · sd / √n (Student t over the n seeds; \"n/a (1 seed)\" with one seed). "
-        "Accuracy in %, macro over tasks; BWT, FWT and forgetting in points; general perplexity change in %. "
+        "Accuracy in %, macro over tasks; BWT, FWT and forgetting in points; general perplexity change in %; "
+        "general (lm-eval) change in points: the mean over the run's lm-eval tasks (MMLU) of its score after the last "
+        "stage minus its score before training, on the same questions, re-scored from its per-sample logs. "
         "FWT is against the zero-shot row.",
         f"AA vs {baseline}: the row's AA minus the AA of the {baseline} row with the same stream, model, eval mode and "
         f"configuration except `strategy` and the bookkeeping keys ({', '.join(BOOKKEEPING)}), paired by seed over "

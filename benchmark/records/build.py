@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmark.records import predictions as predictions_mod
 from benchmark.records import store
-from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, general_scores, missing_cells
+from benchmark.records.metrics import NEEDS_EVERY_ROW, all_metrics, general_retention, general_rows, general_scores, missing_cells
 from benchmark.records.schema import (SCHEMA, Anatomy, Cost, Evaluation, EvaluationRow, GeneralTask, GenerationStats, Identity, Matrix, MatrixBlock, Model, Predictions,
                                       Provenance, RunRecord, Score, ScoreMode, Setup, Stage, Stream, TaskAnatomy)
 
@@ -30,11 +30,6 @@ def scores_of(matrices: dict[str, Matrix], ppl_before: float | None, ppl_after: 
     the same for both)."""
     retention = {**general_retention(ppl_before, ppl_after), **general_scores(general_rows(general or {}))}
     return {m: Score(values=R, metrics={**all_metrics(R), **retention}) for m, R in matrices.items()}
-
-
-def general_rows(general: dict[str, GeneralTask]) -> dict[str, list[float]]:
-    """{task: its score per evaluated row, in row order}: what the general metrics read."""
-    return {task: [r["score"] for r in sorted(block["rows"], key=lambda r: r["row"])] for task, block in general.items()}
 
 
 def cost_of(stages: list[Stage], *, wall_s: float, peak_memory_mb: float, trainable_params: int, processes: int,

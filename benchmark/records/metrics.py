@@ -165,6 +165,11 @@ def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -
     return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": ppl_after / ppl_before - 1.0}
 
 
+def general_rows(general: dict) -> dict[str, list[float]]:
+    """{task: its score per evaluated row, in row order} of a record's `general` block: what general_scores reads."""
+    return {task: [r["score"] for r in sorted(block["rows"], key=lambda r: r["row"])] for task, block in general.items()}
+
+
 def general_scores(rows: dict[str, list[Optional[float]]]) -> dict[str, Optional[float]]:
     """General ability through lm-eval: {task: its score per evaluated row, zero-shot first and the last stage's
     last} -> the mean over tasks before training, after the last stage, and the change (points); {} without

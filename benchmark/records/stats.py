@@ -81,6 +81,12 @@ def mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def mean_stderr(values: Sequence[float]) -> float:
+    """Standard error of a mean, sd / sqrt(n) with the sample sd (n - 1): lm-evaluation-harness's `mean_stderr`,
+    which the record's general rows hold."""
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
     """mean ± t_{(1+level)/2, n-1} * sd / sqrt(n): the interval for the mean over seeds; None below two values."""
     n = len(values)

@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmark.errors import ClbenchError
 from benchmark.records import predictions, stats
-from benchmark.records.metrics import all_metrics, general_retention
+from benchmark.records.metrics import all_metrics, general_retention, general_rows, general_scores
 from benchmark.records.schema import problems
 from benchmark.records.store import config_hash, recorded_content, recorded_task_versions
 
@@ -106,6 +106,30 @@ def _consistency(rec: dict[str, Any]) -> str | None:
         change = general_retention(stated.get("ppl_before"), stated.get("ppl_after"))["ppl_rel_change"]
         if not _close(change, stated.get("ppl_rel_change")):
             return f"{mode} metric ppl_rel_change is {stated.get('ppl_rel_change')!r} but its perplexities give {change!r}"
+        general = _general_metrics(rec)
+        for key in GENERAL_METRICS:
+            if not _close(general.get(key), stated.get(key)):
+                return f"{mode} metric {key} is {stated.get(key)!r} but the record's general rows give {general.get(key)!r}"
+    return _general_rows_defect(rec)
+
+
+GENERAL_METRICS = ("general_before", "general_after", "general_change")
+
+
+def _general_metrics(rec: dict[str, Any]) -> dict[str, float | None]:
+    return general_scores(general_rows(rec.get("general") or {}))
+
+
+def _general_rows_defect(rec: dict[str, Any]) -> str | None:
+    """Every lm-eval task was scored before training and after the last stage, on rows the matrix has."""
+    rows = rec["matrix"]["rows"]
+    for task, block in (rec.get("general") or {}).items():
+        found = sorted(r["row"] for r in block["rows"])
+        if not found or found[0] != 0 or found[-1] != len(rows) - 1 or len(set(found)) != len(found):
+            return f"general task {task} has rows {found}; it needs the zero-shot row 0 and the last row {len(rows) - 1}"
+        wrong = next((r for r in block["rows"] if r["after"] != rows[r["row"]]), None)
+        if wrong is not None:
+            return f"general task {task} row {wrong['row']} says after {wrong['after']!r}, the matrix {rows[wrong['row']]!r}"
     return None
 
 
@@ -149,8 +173,37 @@ def _files(rec: dict[str, Any], path: Path, derived: dict[str, Any]) -> str | No
             row = next(i for i, (a, b) in enumerate(zip(rescored, score["values"])) if a != b)
             return f"{mode} matrix row {row} ({rec['matrix']['rows'][row]}) is not what its predictions score: " \
                    f"{score['values'][row]} recorded, {rescored[row]} rescored"
+    problem = _general_files(rec, folder)
+    if problem:
+        return problem
     # derived here, where the lines are read once: how wide the final AA is from the test examples alone
     derived[TEST_CI] = {mode: final_aa_interval(lines[max(lines)], tasks, mode) for mode in rec["scores"]}
+    return None
+
+
+def _general_files(rec: dict[str, Any], folder: Path) -> str | None:
+    """Each lm-eval row's per-sample log: a plain name in the predictions folder, the bytes the record names, one
+    line per document, and the score its lines give."""
+    for task, block in (rec.get("general") or {}).items():
+        for r in block["rows"]:
+            if not _plain_name(r["file"]):
+                return f"general file {r['file']!r} is not a plain name"
+            p = folder / r["file"]
+            if not (_inside(p, folder) and p.is_file()):
+                return f"general file {r['file']} is missing from {folder.name} (or a link)"
+            data = p.read_bytes()
+            if hashlib.sha256(data).hexdigest() != r["sha256"]:
+                return f"general file {folder.name}/{p.name} does not match the sha256 in the record"
+            lines = predictions.parse(data, p)
+            values = [line.get(block["metric"]) for line in lines if line.get("task") == task]
+            if len(values) != len(lines) or len(values) != r["n"] or not all(isinstance(v, (int, float)) for v in values):
+                return f"general file {p.name} holds {len(lines)} lines of task {task}, the record says {r['n']}"
+            score = round(100.0 * sum(values) / len(values), 6) if values else None
+            if not _close(score, r["score"]):
+                return f"general task {task} row {r['row']} is {r['score']} in the record but its samples give {score}"
+            stderr = round(100.0 * stats.mean_stderr(values), 6) if len(values) > 1 else None
+            if stderr is not None and abs(stderr - r["stderr"]) > 1e-4:
+                return f"general task {task} row {r['row']} has stderr {r['stderr']} but its samples give {stderr}"
     return None
 
 

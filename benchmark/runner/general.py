@@ -88,16 +88,21 @@ def prepare(cfg: GeneralConfig) -> list[Prepared]:
 def _local(name: str, cfg: GeneralConfig) -> Prepared:
     from task_streams import mmlu
 
-    file = mmlu.fetch()
-    chosen = mmlu.subset(mmlu.questions(file), cfg.per_subject, cfg.seed)
-    docs = [q.doc() for q in chosen]
+    return local_task(name, mmlu.subset(mmlu.questions(mmlu.fetch()), cfg.per_subject, cfg.seed))
+
+
+def local_task(name: str, questions: list) -> Prepared:
+    """The local task `name` (LOCAL_TASKS) over these MMLU questions (task_streams.mmlu.Question)."""
+    from task_streams import mmlu
+
+    docs = [q.doc() for q in questions]
 
     def dataset(**_: Any) -> dict[str, Any]:
         import datasets
 
         return {"test": datasets.Dataset.from_list(docs)}
 
-    return Prepared(name, {**LOCAL_TASKS[name], "custom_dataset": dataset}, len(docs), mmlu.ids_sha256(chosen),
+    return Prepared(name, {**LOCAL_TASKS[name], "custom_dataset": dataset}, len(docs), mmlu.ids_sha256(questions),
                     f"local:{mmlu.MEMBER} sha256:{mmlu.SHA256}")
 
 
@@ -164,7 +169,8 @@ def run_lm_eval(ctx: RunContext, strategy: Strategy, prepared: list[Prepared], c
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.models.huggingface import HFLM
 
-    make_lm = make_lm or (lambda model, tok, bs: HFLM(pretrained=model, tokenizer=tok, batch_size=bs))
+    backend = "seq2seq" if ctx.model_info.get("architecture") == "encoder-decoder" else "causal"
+    make_lm = make_lm or (lambda model, tok, bs: HFLM(pretrained=model, tokenizer=tok, batch_size=bs, backend=backend))
     was_training = ctx.model.training
     with kept_random_state(), _quiet(), strategy.eval_model(ctx), ctx.accelerator.autocast():
         tasks = {p.name: ConfigurableTask(config=p.config) for p in prepared if p.config}
