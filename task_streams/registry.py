@@ -93,6 +93,13 @@ class Stream:
         }
 
 
+# how a prompt becomes token ids (data.prompt_encoding; part of a run's identity, since it changes scores):
+#   1  chat turn, head, sentence and tail tokenised apart and joined (the records made before 2026-11-30)
+#   2  the whole prompt tokenised as one string, as the papers' collators and lm-evaluation-harness do
+PROMPT_ENCODINGS = (1, 2)
+PROMPT_ENCODING = 2
+
+
 @dataclass
 class DataConfig:
     """The data settings of a run (`data.*` on the command line): one class, its defaults the only ones."""
@@ -111,9 +118,13 @@ class DataConfig:
     # wrap each prompt as the user turn and the answer as the assistant turn of the tokenizer's chat template:
     # auto = when the tokenizer has one (SmolLM2-Instruct does), on = required, off = plain text
     chat_template: str = "auto"
+    # how a prompt becomes token ids (PROMPT_ENCODINGS; benchmark/modeling/data.py Encoder)
+    prompt_encoding: int = PROMPT_ENCODING
 
     def __post_init__(self):
         problems = [
+            None if self.prompt_encoding in PROMPT_ENCODINGS else
+            f"data.prompt_encoding must be one of {'|'.join(map(str, PROMPT_ENCODINGS))}, got {self.prompt_encoding!r}",
             None if self.chat_template in CHAT_TEMPLATE_MODES else
             f"data.chat_template must be one of {'|'.join(CHAT_TEMPLATE_MODES)}, got {self.chat_template!r}",
             None if self.train_per_class is None or self.train_per_class >= 1 else

@@ -152,7 +152,10 @@ def general_run(tmp_path_factory):
 
 
 def test_a_run_scores_mmlu_from_local_files_after_every_stage(general_run):
+    from benchmark.records.schema import problems
+
     path, rec = general_run["with"]
+    assert problems(rec) == []
     block = rec["general"]["mmlu_cloze"]
     assert [r["row"] for r in block["rows"]] == [0, 1, 2] and block["documents"] == 57
     assert [r["after"] for r in block["rows"]] == rec["matrix"]["rows"]

@@ -24,7 +24,8 @@ def record(two_task_run):
 
 
 def test_a_real_record_has_exactly_the_schema_keys_and_types(record):
-    assert set(record) == set(typing.get_type_hints(record_schema.RunRecord))
+    # `general` only in runs with lm-eval tasks (tests/test_general.py checks such a record against the schema)
+    assert set(record) == set(typing.get_type_hints(record_schema.RunRecord)) - {"general"}
     assert record_schema.problems(record) == []
     assert {t: s["version"] for t, s in record["stream"]["splits"].items()} == {"dbpedia": 1, "agnews": 1}
     assert records.recorded_task_versions(record) == {"dbpedia": 1, "agnews": 1}

@@ -35,6 +35,7 @@ def test_record_carries_full_provenance(tiny_run):
     prov = rec["provenance"]
     assert set(prov) == {"git", "packages", "hardware", "environment"}
     assert prov["packages"]["torch"] and prov["hardware"]["cpu_count"]
+    assert prov["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert rec["stream"]["splits"]["dbpedia"]["train"]["derived"].startswith("3800 records held out of test")
     assert rec["matrix"]["rows"][0] == "zero-shot" and len(rec["matrix"]["values"]) == 4
     assert rec["cost"]["trainable_params"] > 0 and rec["cost"]["peak_memory_mb"] > 0

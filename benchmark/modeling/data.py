@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from task_streams import Example, Task
+from task_streams.registry import PROMPT_ENCODING, PROMPT_ENCODINGS
 
 IGNORE = -100
 # the batch keys a model's forward takes (decoder-only: the first three; encoder-decoder: the prompt goes to the
@@ -25,6 +26,7 @@ class Encoded:
 
 
 PLACEHOLDER = "\x00clbench-prompt\x00"
+MIN_SENTENCE_TOKENS = 8  # a prompt keeps at least this much of its sentence, however long its head
 
 
 def chat_turn(tokenizer) -> tuple[str, str]:
@@ -58,10 +60,16 @@ class Encoder:
     turn, ended by the tokenizer's eos (for chat models the end-of-turn token), for training and evaluation alike.
     """
 
-    def __init__(self, tokenizer, max_prompt_tokens: int = 256, chat: bool = False, decoder_start: int | None = None):
+    def __init__(self, tokenizer, max_prompt_tokens: int = 256, chat: bool = False, decoder_start: int | None = None,
+                 encoding: int = PROMPT_ENCODING):
         self.tok = tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.chat = chat
+        if encoding not in PROMPT_ENCODINGS:
+            from benchmark.errors import ClbenchError
+
+            raise ClbenchError(f"data.prompt_encoding must be one of {PROMPT_ENCODINGS}, got {encoding!r}")
+        self.encoding = encoding
         # an encoder-decoder model's decoder start token (T5: the pad id); None for a decoder-only model
         self.decoder_start = decoder_start
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -70,9 +78,10 @@ class Encoder:
 
             raise ClbenchError("the tokenizer has no eos token; set one so that answers can end")
         before, after = chat_turn(tokenizer) if chat else ("", "")
+        self.turn_text = (before, after)
         # an encoder input ends with eos, as T5's tokenizer (and the papers' code) make it
-        after_ids = (self.ids(after) if after else ()) + ((tokenizer.eos_token_id,) if decoder_start is not None else ())
-        self.turn = (self.ids(before) if before else (), after_ids)
+        self.end = (tokenizer.eos_token_id,) if decoder_start is not None else ()
+        self.turn = (self.ids(before) if before else (), (self.ids(after) if after else ()) + self.end)
 
     @property
     def seq2seq(self) -> bool:
@@ -90,10 +99,43 @@ class Encoder:
         return self.ids(label if self.chat or self.seq2seq else " " + label) + (self.tok.eos_token_id,)
 
     def prompt(self, ex: Example) -> tuple[int, ...]:
+        """The prompt's ids, at most max_prompt_tokens (but never fewer than MIN_SENTENCE_TOKENS of the sentence):
+        only the sentence is truncated."""
+        return self._whole(ex) if self.encoding == 2 else self._pieces(ex)
+
+    def _pieces(self, ex: Example) -> tuple[int, ...]:
+        """Encoding 1: chat turn, head, sentence and tail tokenised apart and joined (a boundary such as the options
+        line's trailing " \n" then tokenises differently from the whole prompt's)."""
         head, tail = self.ids(ex.head), self.ids(ex.tail)
         before, after = self.turn
-        room = max(self.max_prompt_tokens - len(before) - len(head) - len(tail) - len(after), 8)
-        return before + head + self.ids(ex.sentence)[:room] + tail + after  # only the sentence is truncated
+        room = max(self.max_prompt_tokens - len(before) - len(head) - len(tail) - len(after), MIN_SENTENCE_TOKENS)
+        return before + head + self.ids(ex.sentence)[:room] + tail + after
+
+    def _whole(self, ex: Example) -> tuple[int, ...]:
+        """Encoding 2: the prompt tokenised as one string, as the papers' collators and lm-evaluation-harness do.
+        A sentence too long is cut at a token boundary of its own tokenisation, and the string tokenised again."""
+        before, after = self.turn_text
+        text = lambda sentence: before + ex.head + sentence + ex.tail + after  # noqa: E731
+        limit = self.max_prompt_tokens - len(self.end)
+        ids = self.ids(text(ex.sentence))
+        if len(ids) <= limit:
+            return ids + self.end
+        ends = self._token_ends(ex.sentence)
+        keep = max(len(ends) - (len(ids) - limit), MIN_SENTENCE_TOKENS)
+        while True:
+            ids = self.ids(text(ex.sentence[:ends[keep - 1]] if keep else ""))
+            if len(ids) <= limit or keep <= MIN_SENTENCE_TOKENS:
+                return ids + self.end
+            keep = max(keep - (len(ids) - limit), MIN_SENTENCE_TOKENS)
+
+    def _token_ends(self, text: str) -> list[int]:
+        """The character offset where each token of `text` ends (a fast tokenizer's offsets; else by decoding)."""
+        try:
+            spans = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            return [end for _, end in spans]
+        except (NotImplementedError, ValueError, KeyError):
+            ids = self.ids(text)
+            return [len(self.tok.decode(ids[:i + 1])) for i in range(len(ids))]
 
     def encode(self, task: Task, examples: list[Example]) -> list[Encoded]:
         index = {label: i for i, label in enumerate(task.labels)}

@@ -236,6 +236,9 @@ class Hardware(TypedDict):
     torch_threads: int
     memory_gb: NotRequired[float]
     cpu_model: Optional[str]
+    # the vector instructions torch's CPU kernels use (AVX512, AVX2, ...): CPU float sums, and so seeded CPU
+    # runs, are identical only between machines of the same capability; absent in records made before it
+    cpu_capability: NotRequired[str]
     gpus: NotRequired[list[str]]  # with CUDA only
     cuda: NotRequired[Optional[str]]
     gpu_driver: NotRequired[Optional[str]]

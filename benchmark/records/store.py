@@ -61,6 +61,8 @@ LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}
                                                ("data", "extra_tasks"): None,
                                                ("data", "val_per_class"): None,
                                                ("eval", "split"): "test",
+                                               # every record before it tokenised prompts in pieces
+                                               ("data", "prompt_encoding"): 1,
                                                # no lm-eval task: the runs before general ability through lm-eval
                                                ("general",): {"tasks": [], "per_subject": 5, "limit": None,
                                                               "num_fewshot": 0, "batch_size": 8, "seed": 1234,
@@ -228,6 +230,7 @@ def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {**{k: static[k] for k in ("platform", "machine", "python", "cpu_count")},
                             "torch_threads": torch.get_num_threads()}
     info.update({k: static[k] for k in ("memory_gb", "cpu_model") if k in static})
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda

@@ -156,15 +156,10 @@ def _files(rec: dict[str, Any], path: Path, derived: dict[str, Any]) -> str | No
         return f"predictions name rows {rows}, not one file for each of the matrix's {len(rec['matrix']['values'])} rows"
     lines = {}
     for f in entry["files"]:
-        if not _plain_name(f["file"]):
-            return f"predictions file {f['file']!r} is not a plain name"
-        p = folder / f["file"]
-        if not (_inside(p, folder) and p.is_file()):
-            return f"predictions file {f['file']} is missing from {folder.name} (or a link)"
-        data = p.read_bytes()
-        if hashlib.sha256(data).hexdigest() != f["sha256"]:
-            return f"predictions file {folder.name}/{p.name} does not match the sha256 in the record"
-        lines[f["row"]] = predictions.parse(data, p)
+        found, problem = _named_file(folder, f["file"], f["sha256"], "predictions")
+        if problem:
+            return problem
+        lines[f["row"]] = found
     tasks = rec["matrix"]["columns"]
     per_row = [predictions.accuracies(lines[r], tasks) for r in sorted(lines)]
     for mode, score in rec["scores"].items():
@@ -181,23 +176,31 @@ def _files(rec: dict[str, Any], path: Path, derived: dict[str, Any]) -> str | No
     return None
 
 
+def _named_file(folder: Path, name: Any, sha256: str, kind: str) -> tuple[list[dict], str | None]:
+    """(the lines, None) of a file that the record names in its predictions folder, or ([], why it cannot be
+    read): a plain name, inside the folder and no link, holding the bytes of the record's sha256."""
+    if not _plain_name(name):
+        return [], f"{kind} file {name!r} is not a plain name"
+    p = folder / name
+    if not (_inside(p, folder) and p.is_file()):
+        return [], f"{kind} file {name} is missing from {folder.name} (or a link)"
+    data = p.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return [], f"{kind} file {folder.name}/{p.name} does not match the sha256 in the record"
+    return predictions.parse(data, p), None
+
+
 def _general_files(rec: dict[str, Any], folder: Path) -> str | None:
     """Each lm-eval row's per-sample log: a plain name in the predictions folder, the bytes the record names, one
     line per document, and the score its lines give."""
     for task, block in (rec.get("general") or {}).items():
         for r in block["rows"]:
-            if not _plain_name(r["file"]):
-                return f"general file {r['file']!r} is not a plain name"
-            p = folder / r["file"]
-            if not (_inside(p, folder) and p.is_file()):
-                return f"general file {r['file']} is missing from {folder.name} (or a link)"
-            data = p.read_bytes()
-            if hashlib.sha256(data).hexdigest() != r["sha256"]:
-                return f"general file {folder.name}/{p.name} does not match the sha256 in the record"
-            lines = predictions.parse(data, p)
+            lines, problem = _named_file(folder, r["file"], r["sha256"], "general")
+            if problem:
+                return problem
             values = [line.get(block["metric"]) for line in lines if line.get("task") == task]
             if len(values) != len(lines) or len(values) != r["n"] or not all(isinstance(v, (int, float)) for v in values):
-                return f"general file {p.name} holds {len(lines)} lines of task {task}, the record says {r['n']}"
+                return f"general file {r['file']} holds {len(lines)} lines of task {task}, the record says {r['n']}"
             score = round(100.0 * sum(values) / len(values), 6) if values else None
             if not _close(score, r["score"]):
                 return f"general task {task} row {r['row']} is {r['score']} in the record but its samples give {score}"

@@ -125,7 +125,7 @@ def kept_random_state() -> Iterator[None]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """lm-eval logs every request batch at INFO and warns about custom datasets: kept to warnings of its own."""
-    logger = logging.getLogger("lm-eval")
+    logger = logging.getLogger("lm_eval")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -135,9 +135,10 @@ def _quiet() -> Iterator[None]:
 
 
 def _plain(value: Any) -> Any:
-    """A task config without what has no stable text (functions: their repr holds an address)."""
+    """A task config without what has no stable text: functions (their repr holds an address) and the local
+    dataset's loader (lm-eval stores its source text; the documents are identified by ids_sha256 instead)."""
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if not callable(v)}
+        return {k: _plain(v) for k, v in value.items() if not callable(v) and k != "custom_dataset"}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value if not callable(v)]
     return value

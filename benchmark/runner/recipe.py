@@ -194,7 +194,8 @@ def build_context(cfg: RunConfig, strategy: Strategy | None = None,
     model, tok, model_info = load_model(cfg.model, seed=cfg.seed)
     chat = use_chat_template(cfg.data.chat_template, tok, cfg.model.name)
     model_info["chat_template"] = chat  # what auto resolved to, for the record and the leaderboard
-    encoder = Encoder(tok, tcfg.max_prompt_tokens, chat=chat, decoder_start=decoder_start(model))
+    encoder = Encoder(tok, tcfg.max_prompt_tokens, chat=chat, decoder_start=decoder_start(model),
+                      encoding=cfg.data.prompt_encoding)
     ctx = RunContext(cfg, model, tok, encoder, acc, stream, cfg.seed, model_info=model_info)
     ctx.model = strategy.prepare_model(model, ctx).to(acc.device)
     if tcfg.gradient_checkpointing:
