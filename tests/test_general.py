@@ -118,6 +118,20 @@ def test_lm_eval_never_reaches_the_training_random_state(tmp_path):
     assert drawn == (random.random(), float(np.random.rand()), float(torch.rand(1)))
 
 
+def test_an_unknown_task_fails_in_one_line_before_the_model_loads():
+    from benchmark.config import GeneralConfig
+
+    with pytest.raises(ClbenchError, match="general.tasks: mmlu_clozee is neither a local task"):
+        general.prepare(GeneralConfig(tasks=["mmlu_clozee"]))
+
+
+def test_the_rows_lm_eval_runs_after():
+    from benchmark.config import GeneralConfig
+
+    assert general.rows_to_score(GeneralConfig(), 4) == {0, 1, 2, 3}
+    assert general.rows_to_score(GeneralConfig(rows="ends"), 4) == {0, 3}
+
+
 def test_the_local_mmlu_file_runs_zero_shot_only():
     from benchmark.config import GeneralConfig
 

@@ -82,7 +82,21 @@ def prepare(cfg: GeneralConfig) -> list[Prepared]:
             out.append(_local(name, cfg))
         else:
             out.append(Prepared(name, {}, None, "", f"hub:{name}"))
+    _check_hub_names([p.name for p in out if not p.config])
     return out
+
+
+def _check_hub_names(names: list[str]) -> None:
+    """Every name that is not a local task is one of lm-eval's (its index of task YAMLs; reads no data)."""
+    if not names:
+        return
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager().all_tasks)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ClbenchError(f"general.tasks: {', '.join(unknown)} is neither a local task ({', '.join(LOCAL_TASKS)}) "
+                           f"nor an lm-evaluation-harness task")
 
 
 def _local(name: str, cfg: GeneralConfig) -> Prepared:
@@ -196,7 +210,12 @@ def _hub_tasks(names: list[str], cfg: GeneralConfig) -> dict[str, Any]:
         return {}
     from lm_eval.tasks import TaskManager, get_task_dict
 
-    tasks = get_task_dict(names, TaskManager())
+    try:
+        tasks = get_task_dict(names, TaskManager())
+    except Exception as e:  # noqa: BLE001  (the hub, the datasets library or the task's own code: one line)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ClbenchError(f"general.tasks: lm-eval could not load {', '.join(names)} ({type(e).__name__}: {first}); "
+                           f"without hub access only the local tasks ({', '.join(LOCAL_TASKS)}) run") from None
     for task in tasks.values():
         if hasattr(task, "set_config") and cfg.num_fewshot:
             task.set_config(key="num_fewshot", value=cfg.num_fewshot)

@@ -222,6 +222,7 @@ def _resume(ctx: RunContext, strategy: Strategy, ckpt: Checkpointer) -> tuple[Ru
 
 def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_start: float, stream: Stream,
                   content: dict[str, Any]) -> Path | None:
+    general_tasks = general.prepare(cfg.general)  # their questions drawn (and names checked) before the model loads
     ctx, strategy, cfg_dict = build_context(cfg, strategy, stream)
     acc, stream, encoder = ctx.accelerator, ctx.stream, ctx.encoder
     tests = {t.name: encoder.encode(t, t.scored(cfg.eval.split)) for t in stream.tasks}
@@ -258,7 +259,6 @@ def _run_unlocked(cfg: RunConfig, strategy: Strategy | None, paths: RunPaths, t_
         return ppl
 
     general_seqs = general.general_sequences(ctx)
-    general_tasks = general.prepare(cfg.general)
     general_rows = general.rows_to_score(cfg.general, len(stages) + 1)
     if start == 0:
         if acc.is_main_process:
