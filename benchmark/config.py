@@ -162,7 +162,7 @@ class GeneralConfig:
     per_subject: int = 5  # local MMLU: questions per subject, stratified and seeded (0 = all 14,042)
     limit: Optional[int] = None  # with a hub task: every task's first `limit` documents (null = all)
     num_fewshot: int = 0  # the local MMLU file holds the test split only: zero-shot
-    batch_size: int = 8  # lm-eval's batch (on CPU 8 ran 10x faster than its "auto")
+    batch_size: int = 8  # lm-eval's batch (issue 27 saw its "auto" pick 64 on CPU and run 10x slower than 8)
     seed: int = 1234  # which questions per_subject draws (lm-eval's default seed)
     rows: str = "all"  # all: after every evaluation of the schedule; ends: zero-shot and after the last stage
 

@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from benchmark.errors import ClbenchError
 from benchmark.fileio import atomic_write
@@ -131,6 +132,7 @@ def subset(items: list[Question], per_subject: int, seed: int) -> list[Question]
     return sorted(chosen, key=lambda q: q.id)
 
 
-def ids_sha256(items: list[Question]) -> str:
-    """The chosen questions, identified by their lines of the file (which the file's sha256 pins)."""
-    return _sha256(",".join(str(q.id) for q in items).encode())
+def ids_sha256(ids: Iterable[int]) -> str:
+    """Which documents, in order: the chosen questions by their lines of the file (which the file's sha256 pins),
+    or a hub task's document ids."""
+    return _sha256(",".join(map(str, ids)).encode())

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import yaml
 
 from tests.conftest import TINY_RUN, compose_cfg
+from tests.test_verify import _copy
 
 from benchmark import leaderboard
 from benchmark.errors import ClbenchError
@@ -42,7 +42,7 @@ def test_the_subset_is_stratified_seeded_and_each_subject_drawn_on_its_own():
     items = mmlu.questions()
     a, b = mmlu.subset(items, 3, 7), mmlu.subset(items, 3, 7)
     assert a == b and collections.Counter(q.subject for q in a) == {s: 3 for s in mmlu.PUBLISHED_TEST_SIZES}
-    assert mmlu.ids_sha256(a) != mmlu.ids_sha256(mmlu.subset(items, 3, 8))
+    assert mmlu.ids_sha256(q.id for q in a) != mmlu.ids_sha256(q.id for q in mmlu.subset(items, 3, 8))
     # dropping one subject changes no other subject's draw
     fewer = [q for q in items if q.subject != "anatomy"]
     assert [q for q in a if q.subject != "anatomy"] == mmlu.subset(fewer, 3, 7)
@@ -194,16 +194,9 @@ def test_general_tasks_change_nothing_the_run_trains_or_scores(general_run):
     assert with_["config_hash"] != without["config_hash"]
 
 
-def _copy(run, runs: Path) -> tuple[Path, dict]:
-    path, rec = run
-    runs.mkdir(parents=True)
-    shutil.copytree(path.parent / rec["predictions"]["folder"], runs / rec["predictions"]["folder"])
-    shutil.copy(path, runs / path.name)
-    return runs / path.name, json.loads(json.dumps(rec))
-
-
 def test_the_leaderboard_shows_the_verified_general_change(general_run, tmp_path):
-    _copy(general_run["with"], tmp_path / "runs")
+    path, rec = _copy(general_run["with"], tmp_path / "runs")
+    path.write_text(json.dumps(rec), encoding="utf-8")
     board = leaderboard.build_board(tmp_path / "runs", tmp_path)
     assert board["problems"] == [] and board["rows"][0]["general_change"] == pytest.approx(
         general_run["with"][1]["metrics"]["general_change"])
@@ -253,3 +246,28 @@ def test_a_general_block_that_does_not_follow_from_its_samples_is_refused(genera
     path.write_text(json.dumps(rec), encoding="utf-8")
     board = leaderboard.build_board(tmp_path / "runs", tmp_path)
     assert board["n_records"] == 0 and len(board["problems"]) == 1 and reason in board["problems"][0], board["problems"]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_to_the_same_general_block_and_a_rerun_counts_once(general_run, tmp_path,
+                                                                                      monkeypatch):
+    from benchmark.records.store import load_record
+    from benchmark.runner import recipe
+
+    cfg = lambda: compose_cfg(TINY_RUN + [f"results_dir={tmp_path}", *GENERAL_RUN])  # noqa: E731
+
+    def stop(stage):
+        raise _Stop  # right after stage 1's checkpoint (and the MMLU logs of rows 0 and 1) are on disk
+
+    monkeypatch.setattr(recipe.PROGRESS, "stage_saved", stop)
+    with pytest.raises(_Stop):
+        recipe.run(cfg())
+    monkeypatch.undo()
+    path = recipe.run(cfg())
+    resumed, clean = load_record(path), general_run["with"][1]
+    assert resumed["resumed"]["after_stages"] == [1]
+    assert resumed["general"] == clean["general"] and resumed["metrics"] == clean["metrics"]
+    assert recipe.run(cfg()) == path and len(list((tmp_path / "runs").glob("*.json"))) == 1  # finished: counted once

@@ -7,24 +7,15 @@ import pytest
 
 from benchmark.errors import ClbenchError
 from benchmark.modeling.data import MIN_SENTENCE_TOKENS, Encoder
+from benchmark.modeling.model import byte_tokenizer
 from benchmark.records import store
 from task_streams import DataConfig, Example
 
 
 def merging_tokenizer():
-    """A byte-level BPE tokenizer built in code whose one merge joins a space and a newline (GPT-2's and SmolLM2's
-    tokenizers have such merges): the pieces of a prompt then tokenise differently from the whole."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["ĠĊ"] = len(vocab)
-    for special in ("<pad>", "<s>", "</s>"):
-        vocab[special] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "Ċ")]))
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    """A byte-level tokenizer whose one merge joins a space and a newline (GPT-2's and SmolLM2's tokenizers have
+    such merges): the pieces of a prompt then tokenise differently from the whole."""
+    return byte_tokenizer(merges=(("Ġ", "Ċ"),))
 
 
 EX = Example(head="Task: topic\nOption: World, Sports \n", sentence="Rain fell on the city all night long.",
@@ -113,7 +104,7 @@ def test_an_lm_eval_task_over_clbenchs_prompts_reproduces_its_label_choices(tmp_
     config = {"task": "clbench_prompts", "output_type": "multiple_choice", "test_split": "test",
               "doc_to_text": "{{prompt}}", "doc_to_choice": "{{choices}}", "doc_to_target": "{{answer}}",
               "target_delimiter": "", "metric_list": [{"metric": "acc"}], "custom_dataset": dataset}
-    task = general.Prepared("clbench_prompts", config, len(docs), "", "local:test")
+    task = general.Prepared("clbench_prompts", config, "", "local:test")
     samples = general.run_lm_eval(ctx, strategy, [task], cfg.general)["clbench_prompts"]["samples"]
     theirs = [max(range(len(s["filtered_resps"])), key=lambda i: s["filtered_resps"][i][0])
               for s in sorted(samples, key=lambda s: s["doc_id"])]

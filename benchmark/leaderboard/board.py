@@ -354,7 +354,7 @@ def _general_label(flat: dict[str, str]) -> str:
         return "general: none"
     per = flat.get("general.per_subject", "?")
     return (f"general: {', '.join(tasks)} ({'all' if per == '0' else per + '/subject'} questions, "
-            f"rows {flat.get('general.rows', 'all')}, {flat.get('general.num_fewshot', '0')}-shot)")
+            f"rows {flat.get('general.rows', '?')}, {flat.get('general.num_fewshot', '?')}-shot)")
 
 
 def _setting(flat: dict[str, str], key: str) -> str:

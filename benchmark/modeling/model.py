@@ -36,13 +36,14 @@ def cache_root(cfg: ModelConfig) -> Path:
 
 
 @contextlib.contextmanager
-def isolated_rng():
+def isolated_rng(cuda: bool = False):
     """Leave the global torch (CPU), Python and NumPy random states as they were: whether a model is freshly
     converted, read from the cache or built in code must not change the training that follows (data order,
-    dropout, LoRA initialisation). CUDA generators are not forked: loading draws nothing on them, and forking
-    would initialise CUDA in processes that never use it."""
+    dropout, LoRA initialisation). CUDA generators are forked only with `cuda` (code that may draw on them, such
+    as lm-eval's): loading draws nothing on them, and forking would initialise CUDA in processes that never use
+    it."""
     py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count())) if cuda else []):
         try:
             yield
         finally:
@@ -96,15 +97,18 @@ def smollm2_folder(cfg: ModelConfig) -> Path:
     return out
 
 
-def byte_tokenizer() -> PreTrainedTokenizerBase:
-    """A byte-level BPE tokenizer with no merges (259 ids), built in code so that tests need no download."""
+def byte_tokenizer(merges: tuple[tuple[str, str], ...] = ()) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer built in code, so that tests need no download: no merges by default (259 ids),
+    or the given ones (each adds its joined token)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
     for special in ("<pad>", "<s>", "</s>"):
         vocab[special] = len(vocab)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=list(merges)))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<s>", eos_token="</s>")

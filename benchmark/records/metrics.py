@@ -165,6 +165,9 @@ def general_retention(ppl_before: Optional[float], ppl_after: Optional[float]) -
     return {"ppl_before": ppl_before, "ppl_after": ppl_after, "ppl_rel_change": ppl_after / ppl_before - 1.0}
 
 
+GENERAL_KEYS = ("general_before", "general_after", "general_change")  # what general_scores gives
+
+
 def general_rows(general: dict) -> dict[str, list[float]]:
     """{task: its score per evaluated row, in row order} of a record's `general` block: what general_scores reads."""
     return {task: [r["score"] for r in sorted(block["rows"], key=lambda r: r["row"])] for task, block in general.items()}
@@ -178,8 +181,7 @@ def general_scores(rows: dict[str, list[Optional[float]]]) -> dict[str, Optional
         return {}
     before = sum(r[0] for r in rows.values()) / len(rows)
     after = sum(r[-1] for r in rows.values()) / len(rows)
-    return {"general_before": round(before, 6), "general_after": round(after, 6),
-            "general_change": round(after - before, 6)}
+    return dict(zip(GENERAL_KEYS, (round(before, 6), round(after, 6), round(after - before, 6))))
 
 
 def all_metrics(R: Matrix, reference: Optional[Sequence[float]] = None) -> dict[str, Optional[float]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from benchmark.errors import ClbenchError
 from benchmark.records import predictions, stats
-from benchmark.records.metrics import all_metrics, general_retention, general_rows, general_scores
+from benchmark.records.metrics import GENERAL_KEYS, all_metrics, general_retention, general_rows, general_scores
 from benchmark.records.schema import problems
 from benchmark.records.store import config_hash, recorded_content, recorded_task_versions
 
@@ -96,6 +96,10 @@ def _consistency(rec: dict[str, Any]) -> str | None:
     if rec["matrix"]["values"] != primary["values"] or rec["metrics"] != primary["metrics"]:
         return f"matrix or metrics differ from the {rec['primary_mode']} scores they should be"
     n_tasks, n_rows = len(rec["matrix"]["columns"]), len(rec["matrix"]["rows"])
+    problem = _general_rows_defect(rec)
+    if problem:
+        return problem
+    general = general_scores(general_rows(rec.get("general") or {}))  # the same for every mode
     for mode, score in rec["scores"].items():
         R, stated = score["values"], score["metrics"]
         if len(R) != n_rows or any(len(row) != n_tasks for row in R):
@@ -106,18 +110,10 @@ def _consistency(rec: dict[str, Any]) -> str | None:
         change = general_retention(stated.get("ppl_before"), stated.get("ppl_after"))["ppl_rel_change"]
         if not _close(change, stated.get("ppl_rel_change")):
             return f"{mode} metric ppl_rel_change is {stated.get('ppl_rel_change')!r} but its perplexities give {change!r}"
-        general = _general_metrics(rec)
-        for key in GENERAL_METRICS:
+        for key in GENERAL_KEYS:
             if not _close(general.get(key), stated.get(key)):
                 return f"{mode} metric {key} is {stated.get(key)!r} but the record's general rows give {general.get(key)!r}"
-    return _general_rows_defect(rec)
-
-
-GENERAL_METRICS = ("general_before", "general_after", "general_change")
-
-
-def _general_metrics(rec: dict[str, Any]) -> dict[str, float | None]:
-    return general_scores(general_rows(rec.get("general") or {}))
+    return None
 
 
 def _general_rows_defect(rec: dict[str, Any]) -> str | None:

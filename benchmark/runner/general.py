@@ -2,33 +2,35 @@
 general corpus (eval.general_*), and lm-evaluation-harness tasks (config `general`, benchmark/config.py).
 
 lm-eval runs on the model in memory (`HFLM(pretrained=model)`: adapters active, the strategy's `eval_model`, the
-training precision), never written to disk, never merged (unmerging restores base weights only to about 2e-5).
+training precision), never written to disk, never merged (merging changes the base weights in place, and
+unmerging does not restore them exactly).
 Its request cache stays off (its keys ignore the model, so two adapters would share scores), and its seeding
-and any draw it makes never reach the training random state: every global generator is saved before and put
-back after. The local tasks (LOCAL_TASKS) read MMLU from the file task_streams/mmlu.py fetched at set-up, with
-lm-eval's own MMLU templates; any other name is an lm-eval task with its data from the hub.
+and any draw it makes never reach the training random state (benchmark/modeling/model.py isolated_rng). The
+local tasks (LOCAL_TASKS) read MMLU from the file task_streams/mmlu.py fetched at set-up, with lm-eval's own MMLU
+templates; any other name is an lm-eval task with its data from the hub.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import numpy as np
 import torch
 
 from benchmark.config import GeneralConfig
 from benchmark.errors import ClbenchError
 from benchmark.modeling import scoring
+from benchmark.modeling.model import isolated_rng
 from benchmark.records import predictions
 from benchmark.records.schema import GeneralRow, GeneralTask
 from benchmark.records.store import canonical_json
 from benchmark.runner.context import RunContext
 from benchmark.runner.loop import reduce_sum
+from task_streams import mmlu
 
 if TYPE_CHECKING:
     from strategies.base import Strategy
@@ -64,8 +66,7 @@ class Prepared:
 
     name: str
     config: dict[str, Any]  # lm-eval's task config (a local task's documents are given through custom_dataset)
-    documents: int | None  # None: a hub task's, known once it has run
-    ids_sha256: str
+    ids_sha256: str  # "" for a hub task: its documents are known once it has run
     source: str
 
 
@@ -81,18 +82,24 @@ def prepare(cfg: GeneralConfig) -> list[Prepared]:
                                    f"only, so {name} runs zero-shot (general.num_fewshot=0)")
             out.append(_local(name, cfg))
         else:
-            out.append(Prepared(name, {}, None, "", f"hub:{name}"))
+            out.append(Prepared(name, {}, "", f"hub:{name}"))
     _check_hub_names([p.name for p in out if not p.config])
     return out
+
+
+@functools.cache
+def _task_manager():
+    """lm-eval's index of its task YAMLs (about 7 s to build): once per process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
 
 
 def _check_hub_names(names: list[str]) -> None:
     """Every name that is not a local task is one of lm-eval's (its index of task YAMLs; reads no data)."""
     if not names:
         return
-    from lm_eval.tasks import TaskManager
-
-    known = set(TaskManager().all_tasks)
+    known = set(_task_manager().all_tasks)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ClbenchError(f"general.tasks: {', '.join(unknown)} is neither a local task ({', '.join(LOCAL_TASKS)}) "
@@ -100,15 +107,11 @@ def _check_hub_names(names: list[str]) -> None:
 
 
 def _local(name: str, cfg: GeneralConfig) -> Prepared:
-    from task_streams import mmlu
-
     return local_task(name, mmlu.subset(mmlu.questions(mmlu.fetch()), cfg.per_subject, cfg.seed))
 
 
 def local_task(name: str, questions: list) -> Prepared:
     """The local task `name` (LOCAL_TASKS) over these MMLU questions (task_streams.mmlu.Question)."""
-    from task_streams import mmlu
-
     docs = [q.doc() for q in questions]
 
     def dataset(**_: Any) -> dict[str, Any]:
@@ -116,24 +119,8 @@ def local_task(name: str, questions: list) -> Prepared:
 
         return {"test": datasets.Dataset.from_list(docs)}
 
-    return Prepared(name, {**LOCAL_TASKS[name], "custom_dataset": dataset}, len(docs), mmlu.ids_sha256(questions),
+    return Prepared(name, {**LOCAL_TASKS[name], "custom_dataset": dataset}, mmlu.ids_sha256(q.id for q in questions),
                     f"local:{mmlu.MEMBER} sha256:{mmlu.SHA256}")
-
-
-@contextlib.contextmanager
-def kept_random_state() -> Iterator[None]:
-    """Every global generator as it was before: what runs inside (lm-eval seeds python, numpy and torch) never
-    reaches the training random state."""
-    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 @contextlib.contextmanager
@@ -187,7 +174,7 @@ def run_lm_eval(ctx: RunContext, strategy: Strategy, prepared: list[Prepared], c
     backend = "seq2seq" if ctx.model_info.get("architecture") == "encoder-decoder" else "causal"
     make_lm = make_lm or (lambda model, tok, bs: HFLM(pretrained=model, tokenizer=tok, batch_size=bs, backend=backend))
     was_training = ctx.model.training
-    with kept_random_state(), _quiet(), strategy.eval_model(ctx), ctx.accelerator.autocast():
+    with isolated_rng(cuda=torch.cuda.is_available()), _quiet(), strategy.eval_model(ctx), ctx.accelerator.autocast():
         tasks = {p.name: ConfigurableTask(config=p.config) for p in prepared if p.config}
         tasks.update(_hub_tasks([p.name for p in prepared if not p.config], cfg))
         lm = make_lm(ctx.model, ctx.tokenizer, cfg.batch_size)
@@ -208,10 +195,10 @@ def _hub_tasks(names: list[str], cfg: GeneralConfig) -> dict[str, Any]:
     """lm-eval's own tasks (their data from the hub), at general.num_fewshot shots."""
     if not names:
         return {}
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
     try:
-        tasks = get_task_dict(names, TaskManager())
+        tasks = get_task_dict(names, _task_manager())
     except Exception as e:  # noqa: BLE001  (the hub, the datasets library or the task's own code: one line)
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ClbenchError(f"general.tasks: lm-eval could not load {', '.join(names)} ({type(e).__name__}: {first}); "
@@ -239,15 +226,12 @@ def evaluate_general(ctx: RunContext, strategy: Strategy, prepared: list[Prepare
         block = blocks.setdefault(p.name, GeneralTask(
             metric=METRIC, version=None if res["version"] is None else str(res["version"]),
             config_sha256=config_sha256(res["config"]), documents=len(lines),
-            ids_sha256=p.ids_sha256 or _ids_sha256([line["doc_id"] for line in lines]), source=p.source, rows=[]))
+            ids_sha256=p.ids_sha256 or mmlu.ids_sha256(line["doc_id"] for line in lines), source=p.source, rows=[]))
         block["rows"] = [r for r in block["rows"] if r["row"] != row] + [GeneralRow(
             row=row, after=after, score=round(100.0 * float(score), 6),
             stderr=round(100.0 * float(stderr), 6) if isinstance(stderr, (int, float)) else 0.0,
             n=len(lines), file=name, sha256=sha)]
 
-
-def _ids_sha256(doc_ids: list[int]) -> str:
-    return hashlib.sha256(",".join(map(str, doc_ids)).encode()).hexdigest()
 
 
 def general_files(blocks: dict[str, GeneralTask]) -> list[dict[str, Any]]:
