@@ -13,6 +13,8 @@ The training loop (benchmark/runner/) calls these hooks and never branches on a 
     before_optimizer_step   once per accumulation window, before clipping (MIGU masks gradient rows)
     optimizer_step     steps the optimizer (default: one step; MIGU steps masked weights one at a time)
     after_optimizer_step    once per accumulation window (I-LoRA's EMA)
+    param_groups       the optimizer's parameter groups at a stage's start (default: one group at trainer.lr;
+                       soft prompts train at their own rate, as their papers' scripts do)
     after_stage        the stage is trained (buffer fill, freezing)
     eval_model         a context manager that sets the model up for evaluation (I-LoRA's slow learner)
     eval_task          inside eval_model, a context manager per evaluated task: a strategy that declares
@@ -48,6 +50,7 @@ class Strategy(Protocol):
     def loss(self, ctx: RunContext, batch, outputs, loss: torch.Tensor) -> torch.Tensor: ...
     def before_optimizer_step(self, ctx: RunContext) -> None: ...
     def optimizer_step(self, ctx: RunContext) -> None: ...
+    def param_groups(self, ctx: RunContext, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]: ...
     def after_optimizer_step(self, ctx: RunContext) -> None: ...
     def after_stage(self, ctx: RunContext) -> None: ...
     def eval_model(self, ctx: RunContext) -> contextlib.AbstractContextManager: ...
@@ -116,6 +119,11 @@ class Hooks:
 
     def after_optimizer_step(self, ctx: RunContext) -> None:
         pass
+
+    def param_groups(self, ctx: RunContext, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
+        """AdamW's parameter groups over `params` (every trainable parameter): a group without "lr" or
+        "weight_decay" takes trainer.lr and trainer.weight_decay. Every parameter must be in exactly one group."""
+        return [{"params": params}]
 
     def after_stage(self, ctx: RunContext) -> None:
         pass

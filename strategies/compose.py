@@ -82,6 +82,18 @@ class Compose(Hooks):
     def optimizer_step(self, ctx):
         (self._stepper or super()).optimizer_step(ctx)
 
+    def param_groups(self, ctx, params):
+        # the groups a part gives a rate or decay of its own (a soft prompt's); every other parameter trains at
+        # trainer.lr, whichever part it belongs to
+        groups, owned = [], set()
+        for p in self.parts:
+            for g in p.param_groups(ctx, params):
+                if "lr" in g or "weight_decay" in g:
+                    groups.append(g)
+                    owned |= {id(q) for q in g["params"]}
+        rest = [q for q in params if id(q) not in owned]
+        return groups + ([{"params": rest}] if rest else [])
+
     @contextlib.contextmanager
     def eval_model(self, ctx):
         with contextlib.ExitStack() as stack:

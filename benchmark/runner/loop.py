@@ -99,6 +99,16 @@ def trainable_params(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def _checked_groups(groups: list[dict], params: list[torch.nn.Parameter]) -> list[dict]:
+    """A strategy's parameter groups, refused unless they hold every trainable parameter exactly once (a parameter
+    left out would silently never train)."""
+    seen = [id(p) for g in groups for p in g["params"]]
+    if len(seen) != len(set(seen)) or set(seen) != {id(p) for p in params}:
+        raise ClbenchError("the strategy's param_groups must hold every trainable parameter exactly once "
+                           f"({len(set(seen))} of {len(params)} held, {len(seen) - len(set(seen))} twice)")
+    return groups
+
+
 def stage_epochs(tcfg: TrainerConfig, tasks: list[Task]) -> int:
     """trainer.epochs, or a task's own count from trainer.epochs_per_task for a one-task stage (O-LoRA's
     long-benchmark script trains MNLI for 2 epochs)."""
@@ -130,7 +140,8 @@ def train_stage(ctx: RunContext, strategy: Strategy, items: list[Encoded]) -> St
     model = ctx.model
     model.train()
     params = trainable_params(model)
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    optimizer = torch.optim.AdamW(_checked_groups(strategy.param_groups(ctx, params), params), lr=tcfg.lr,
+                                  weight_decay=tcfg.weight_decay)
     epochs = stage_epochs(tcfg, ctx.tasks)
     batches = [b for ep in range(epochs) for b in stage_batches(items, cfg, ctx.stage, ep, acc.num_processes, acc.process_index)]
     if tcfg.max_steps_per_task:
