@@ -48,7 +48,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # conf/strategy YAMLs, each with its cost formula in strategy_cost below; tests/test_scale.py checks that they
 # cover every registered strategy (compositions cost what their parts cost)
 STRATEGIES = ("seq_lora", "seq_ft", "replay", "replay_interleave", "olora", "inc_lora", "ilora", "migu", "migu_ft",
-              "gere", "mtl", "ewc", "lwf", "per_task")
+              "gere", "mtl", "ewc", "lwf", "per_task", "progprompt", "l2p", "agem")
 FULL_FT = ("seq_ft", "migu_ft")
 # GeRe's reference pass over its whole general set would dominate a short measurement; per-step memory does not
 # depend on the size of that set
@@ -352,7 +352,9 @@ def lora_params(t: dict, r: int = 8) -> int:
 # the papers' settings that size the strategies' own state at 7-8B
 PAPER = dict(tasks=15, gere_samples=1000, gere_tokens=563, gere_per_batch=2)
 # hold parameter references or switch adapters per module (strategies/base.py)
-REFUSE_FSDP = ("olora", "inc_lora", "ilora", "migu", "migu_ft", "lwf", "per_task")
+REFUSE_FSDP = ("olora", "inc_lora", "ilora", "migu", "migu_ft", "lwf", "per_task", "progprompt", "l2p")
+# the soft prompts' defaults (strategies/progprompt.py, strategies/l2p.py)
+PROMPT_ROWS, PROMPT_MLP, L2P_POOL = 10, 800, (10, 5, 3)
 
 
 def strategy_cost(name: str, t: dict, tokens: int) -> dict:
@@ -381,6 +383,19 @@ def strategy_cost(name: str, t: dict, tokens: int) -> dict:
         c["gpu_extra"] = lp * 4 + tokens * vocab * 4 * 2
     elif name == "per_task":  # one frozen fp32 adapter per earlier task
         c["gpu_extra"] = (PAPER["tasks"] - 1) * lp * 4
+    elif name == "agem":  # a reference forward and backward of up to 256 memory rows (in micro-batches of the
+        # training batch, so activations as a training micro-batch) and two flat fp32 gradients of the adapter
+        c["gpu_extra"] = lp * 4 * 2
+    elif name == "progprompt":  # every task's rows in front of each input; per task a prompt and its MLP, the
+        # current one with AdamW states (16 B/param), the earlier ones frozen fp32 (4 B/param); counted in the
+        # "lora" kind (frozen base, small trainable state), whose LoRA states it does not have
+        mlp = PROMPT_ROWS * h + h * PROMPT_MLP + PROMPT_MLP * PROMPT_MLP // 2 + PROMPT_MLP // 2 * h
+        c["x_tokens"] = 1 + PAPER["tasks"] * PROMPT_ROWS / tokens
+        c["gpu_extra"] = mlp * 16 + (PAPER["tasks"] - 1) * mlp * 4
+    elif name == "l2p":  # top_k x length rows in front of each input; the pool and its keys with AdamW states
+        pool, length, top = L2P_POOL
+        c["x_tokens"] = 1 + top * length / tokens
+        c["gpu_extra"] = (pool * length + pool) * h * 16
     return c
 
 

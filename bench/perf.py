@@ -437,6 +437,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--test-per-class", type=int, default=8)
     p.add_argument("--only", default="train,strategies,eval")
+    p.add_argument("--strategies", help="comma-separated strategy YAMLs to measure (default: every registered "
+                                        "strategy); seq_lora, the baseline of the ratios, is always measured")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "perf.json"))
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--table", metavar="JSON", help="print the table of an earlier run's JSON and exit")
@@ -454,7 +456,8 @@ def main(argv=None) -> None:
     for model in a.models.split(","):
         r = results[model] = {"train": {}, "strategies": {}, "eval": {}}
         jobs = [("train", m) for m in TRAIN_METHODS if "train" in only]
-        jobs += [("strategy", s) for s in _strategies() if "strategies" in only]
+        chosen = _strategies() if not a.strategies else ["seq_lora", *(x for x in a.strategies.split(",") if x != "seq_lora")]
+        jobs += [("strategy", s) for s in chosen if "strategies" in only]
         jobs += [("eval", "eval")] if "eval" in only else []
         for kind, method in jobs:
             t0 = time.perf_counter()

@@ -12,13 +12,15 @@ prompts are placed by strategies/common/soft_prompt.py's hooks, so packed scorin
 lm-eval all see them. Deliberate differences (docs/strategies.md, Faithfulness): the MLP is on by default, as in
 the paper's main results (the authors' script defaults it off); the authors keep the prompt of the best validation
 epoch (early stopping), clbench the last one; they score task i once, right after training it, with [P_i..P_1],
-clbench scores every seen task after every stage with all prompts (the continual-learning matrix); their input is
+clbench scores every seen task after every stage with all prompts (the continual-learning matrix; `task_prompts:
+true` scores task i with [P'_i..P'_1], the authors' test, which needs task identity and is recorded as such); their input is
 cut to 512 positions after the prefix is added, clbench cuts the prompt text (trainer.max_prompt_tokens) and never
 the prefix. A finished task's P' is recomputed from its frozen prompt and MLP at every forward (the authors store
 the detached output): the same numbers.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,9 @@ class ProgPromptConfig:
     bottleneck: int = 800  # the MLP's first width; its second is half of it (the authors' MLP2)
     lr: float = 0.3  # learning rate of the prompts and MLPs (replaces trainer.lr for them: they are all that trains)
     weight_decay: float = 1e-5
+    # score each task with the prompts up to its own, [P'_i; ...; P'_1], as the authors' test does (it scores task i
+    # right after training it): task identity at test, which the record and the leaderboard then state
+    task_prompts: bool = False
 
     def __post_init__(self):
         check_range(self.length, "length", 1, integer=True)
@@ -66,6 +71,7 @@ class Prompts(nn.Module):
         self.cfg = cfg
         self.prompts = nn.ParameterList()
         self.mlps = nn.ModuleList()
+        self.visible: int | None = None  # how many of the first prompts the prefix holds (None: all)
 
     def add(self, init: torch.Tensor) -> None:
         d = init.shape[-1]
@@ -74,11 +80,14 @@ class Prompts(nn.Module):
         if self.cfg.mlp:
             self.mlps.append(ResidualMLP(d, self.cfg.bottleneck).to(ref.device, ref.dtype))
 
+    def _shown(self) -> list[nn.Parameter]:
+        return list(self.prompts)[: self.visible]
+
     def length(self) -> int:
-        return sum(p.shape[0] for p in self.prompts)
+        return sum(p.shape[0] for p in self._shown())
 
     def rows(self) -> torch.Tensor:
-        own = [self.mlps[k](p) if self.cfg.mlp else p for k, p in enumerate(self.prompts)]
+        own = [self.mlps[k](p) if self.cfg.mlp else p for k, p in enumerate(self._shown())]
         return torch.cat(own[::-1], dim=0)
 
     def prefix(self, input_ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -88,6 +97,11 @@ class Prompts(nn.Module):
 @register("progprompt", ProgPromptConfig)
 class ProgPrompt(Hooks):
     holds_parameter_refs = True  # the hooks read the prompt parameters, which FSDP would flatten
+
+    def __init__(self, cfg: ProgPromptConfig):
+        super().__init__(cfg)
+        self.uses_task_identity = cfg.task_prompts
+        self.prompt_of: dict[str, int] = {}  # task -> how many prompts existed once it was trained
 
     def prepare_model(self, model, ctx):
         freeze(model)
@@ -104,6 +118,16 @@ class ProgPrompt(Hooks):
     def before_stage(self, ctx) -> None:
         self._add_task(ctx)
         self.prompts.to(ctx.device)
+        self.prompt_of.update({t.name: len(self.prompts.prompts) for t in ctx.tasks})
+
+    @contextlib.contextmanager
+    def eval_task(self, ctx, task):
+        # task_prompts: [P'_i; ...; P'_1] for task i (a task not trained yet reads every prompt so far)
+        self.prompts.visible = self.prompt_of.get(task) if self.cfg.task_prompts else None
+        try:
+            yield
+        finally:
+            self.prompts.visible = None
 
     def after_stage(self, ctx) -> None:
         for p in self.prompts.parameters():
@@ -113,11 +137,13 @@ class ProgPrompt(Hooks):
         return own_rate(params, self.prompts, self.cfg.lr, self.cfg.weight_decay)
 
     def state_dict(self):
-        return {}, {"tasks": len(self.prompts.prompts)}  # the prompts' values are model parameters (checkpointed)
+        # the prompts' values are model parameters (checkpointed)
+        return {}, {"tasks": len(self.prompts.prompts), "prompt_of": self.prompt_of}
 
     def load_state_dict(self, tensors, meta, ctx) -> None:
         # rebuild the finished tasks' prompts and MLPs under their names; the runner then loads their values
         for _ in range(meta["tasks"]):
             self._add_task(ctx)
+        self.prompt_of = dict(meta["prompt_of"])
         self.after_stage(ctx)
         self.prompts.to(ctx.device)

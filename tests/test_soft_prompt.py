@@ -272,7 +272,8 @@ def test_only_the_prompts_train_and_at_their_own_rate(name):
 
     strategy = build({"name": name, "lr": 0.05, "weight_decay": 0.01})
     model, tok = tiny_model(seed=0)
-    ctx = SimpleNamespace(model=model, device=torch.device("cpu"), stage=1, encoder=Encoder(tok, 64))
+    ctx = SimpleNamespace(model=model, device=torch.device("cpu"), stage=1, tasks=[SimpleNamespace(name="CB")],
+                          encoder=Encoder(tok, 64))
     model = strategy.prepare_model(model, ctx)
     strategy.before_stage(ctx)
     params = trainable_params(model)
@@ -280,3 +281,37 @@ def test_only_the_prompts_train_and_at_their_own_rate(name):
     assert names and all(n.startswith(f"clbench_{name}.") for n in names)  # the base model is frozen
     groups = _checked_groups(strategy.param_groups(ctx, params), params)
     assert [(len(g["params"]), g["lr"], g["weight_decay"]) for g in groups] == [(len(params), 0.05, 0.01)]
+
+
+def test_task_prompts_score_each_task_with_the_prompts_up_to_its_own():
+    from types import SimpleNamespace
+
+    from strategies.base import build
+
+    for task_prompts in (False, True):
+        strategy = build({"name": "progprompt", "task_prompts": task_prompts, "length": 2, "bottleneck": 8})
+        assert strategy.uses_task_identity is task_prompts
+        model, tok = tiny_model(seed=0)
+        ctx = SimpleNamespace(model=model, device=torch.device("cpu"), encoder=Encoder(tok, 64))
+        strategy.prepare_model(model, ctx)
+        for stage, name in enumerate(["A", "B", "C"], 1):
+            ctx.stage, ctx.tasks = stage, [SimpleNamespace(name=name)]
+            strategy.before_stage(ctx)
+            strategy.after_stage(ctx)
+        source = strategy.prompts
+        seen = {}
+        for task in ("A", "B", "C", "D"):  # D: not trained
+            with strategy.eval_task(ctx, task):
+                seen[task] = (source.length(), source.rows())
+        assert source.length() == 6  # restored after each task
+        expected = {"A": 2, "B": 4, "C": 6, "D": 6} if task_prompts else dict.fromkeys("ABCD", 6)
+        assert {t: n for t, (n, _) in seen.items()} == expected
+        assert torch.equal(seen["A"][1], seen["C"][1][-seen["A"][0]:])  # the oldest prompt is last, unchanged
+
+
+def test_progprompt_with_task_prompts_never_forgets_and_says_so(tiny_run, tmp_path):
+    rec = tiny_run("strategy=progprompt_task_id", "trainer.batch_size=2", results=tmp_path)
+    R = rec["scores"]["loglik"]["values"]
+    for i in range(3):
+        assert all(R[j][i] == R[i + 1][i] for j in range(i + 1, 4))  # its prompts never change again
+    assert rec["scores"]["loglik"]["metrics"]["bwt"] == 0.0 and rec["strategy"]["task_identity"] is True

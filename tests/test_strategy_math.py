@@ -389,3 +389,59 @@ def test_lwf_distillation_is_kl_old_to_new_at_answer_positions_only():
     expected = (p_old * (p_old.log() - p_new.log())).sum()
     assert distillation(new, old, targets, T).item() == pytest.approx(expected.item(), rel=1e-6)
     assert distillation(old, old, targets, T).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_agem_projects_only_an_opposing_gradient_onto_the_plane_orthogonal_to_the_reference():
+    from strategies.agem import project
+
+    g_ref = torch.tensor([1.0, 0.0, 2.0])
+    same, applied = project(torch.tensor([0.5, 3.0, 0.0]), g_ref)  # g . g_ref = 0.5 >= 0: unchanged
+    assert not applied and same.tolist() == [0.5, 3.0, 0.0]
+    g = torch.tensor([-1.0, 1.0, -1.0])  # g . g_ref = -3, |g_ref|^2 = 5
+    out, applied = project(g, g_ref)
+    assert applied and torch.allclose(out, g + 0.6 * g_ref)
+    assert abs(float(torch.dot(out, g_ref))) < 1e-6  # it no longer increases the memory's loss (to first order)
+
+
+def test_agem_reference_gradient_is_the_token_weighted_memory_gradient_and_the_step_follows_it():
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from benchmark.modeling.data import Encoder
+    from benchmark.modeling.model import tiny_model
+    from strategies.agem import AGEM, AGEMConfig
+
+    model, tok = tiny_model(seed=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    enc = Encoder(tok, 64)
+    gen = random.Random(0)
+    memory = [Encoded(tuple(gen.randrange(3, 200) for _ in range(gen.randrange(5, 12))),
+                      tuple(gen.randrange(3, 200) for _ in range(gen.randrange(1, 4))), 0, "t") for _ in range(5)]
+    cfg = SimpleNamespace(trainer=SimpleNamespace(batch_size=2))
+    ctx = SimpleNamespace(model=model, train_model=None, accelerator=Accelerator(cpu=True), device=torch.device("cpu"),
+                          encoder=enc, cfg=cfg, stage=2, log=lambda *a: None)
+    ctx.forward = lambda batch, model=None, **kw: (model or ctx.model)(
+        **{k: v for k, v in batch.items() if k != "labels"}, **kw)
+    s = AGEM(AGEMConfig(ref_batch=256))
+    s.buffer = ReplayBuffer(BufferConfig(policy="fraction", fraction=1.0), 2, seed=0)
+    s.buffer.add_task(memory)
+    got = s.reference_gradient(ctx, [head])
+    # the same loss in one batch of all five rows: the mean CE over every answer token
+    head.grad = None
+    b = enc.collate(memory)
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), b["labels"][:, 1:].reshape(-1),
+                                      ignore_index=IGNORE).backward()
+    assert torch.allclose(got, head.grad.reshape(-1), atol=1e-6)
+    # a step gradient that opposes it is projected in place; the result no longer opposes it
+    head.grad = -head.grad.clone() + 0.01 * torch.randn_like(head)
+    s.before_optimizer_step(ctx)
+    assert s.projected == 1 and float(torch.dot(head.grad.reshape(-1), got)) == pytest.approx(0.0, abs=1e-4)
+    # on the first task there is no memory and nothing to project
+    ctx.stage, before = 1, head.grad.clone()
+    s.before_optimizer_step(ctx)
+    assert torch.equal(head.grad, before)

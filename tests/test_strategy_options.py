@@ -42,6 +42,13 @@ BAD: list[tuple[str, str, object]] = [
     ("ewc", "ewc_lambda", NAN), ("ewc", "fisher", "true"), ("ewc", "fisher_batches", -1), ("ewc", "fisher_batches", 1.5),
     ("ewc", "online", "yes"), ("ewc", "gamma", 1.5),
     *(("lwf", o, v) for o, v in LORA), ("lwf", "alpha", -1.0), ("lwf", "temperature", 0.0),
+    ("agem", "adapter", "none"), *(("agem", o, v) for o, v in LORA), *(("agem", o, v) for o, v in BUFFER),
+    ("agem", "ref_batch", 0), ("agem", "ref_batch", 2.5),
+    ("progprompt", "length", 0), ("progprompt", "length", 2.5), ("progprompt", "mlp", "yes"),
+    ("progprompt", "bottleneck", 1), ("progprompt", "lr", 0.0), ("progprompt", "weight_decay", -1.0),
+    ("progprompt", "task_prompts", "yes"),
+    ("l2p", "pool", 0), ("l2p", "length", 0), ("l2p", "top_k", 11), ("l2p", "pull", -0.5), ("l2p", "query_tokens", 0),
+    ("l2p", "init_scale", 0.0), ("l2p", "lr", NAN), ("l2p", "weight_decay", -1.0),
     *(("per_task", o, v) for o, v in LORA),
 ]
 MIGU_LORA = [("migu", o, v) for o, v in LORA]

@@ -98,3 +98,17 @@ def test_strategies_tuned_at_the_same_budget_are_paired_whatever_values_their_st
     assert rows["olora"]["vs_baseline"]["metrics"]["aa"]["diff"] == pytest.approx(10.166666, rel=1e-5)
     assert rows["replay"]["vs_baseline"]["metrics"]["aa"]["verdict"] == "no baseline"
     assert "tuned: 4 trials on val" in rows["olora"]["settings"]
+
+
+def test_a_null_key_drops_the_shared_entry_and_every_committed_space_tunes_a_learning_rate(tmp_path):
+    path = tmp_path / "spaces.yaml"
+    path.write_text("all:\n  trainer.lr: {low: 1.0e-4, high: 1.0e-2}\n"
+                    "strategies:\n  progprompt: {trainer.lr: null, strategy.lr: {low: 0.01, high: 1.0}}\n")
+    assert set(tune.space_for("progprompt", path)) == {"strategy.lr"}
+    assert set(tune.space_for("seq_lora", path)) == {"trainer.lr"}
+    # the committed spaces: every strategy YAML tunes the rate its trainable parameters actually train at
+    for yaml_file in sorted((CONF / "strategy").glob("*.yaml")):
+        keys = set(tune.space_for(yaml_file.stem))
+        assert keys & {"trainer.lr", "strategy.lr"}, yaml_file.stem
+        if yaml_file.stem in ("progprompt", "l2p"):
+            assert "trainer.lr" not in keys and "strategy.lr" in keys

@@ -61,6 +61,8 @@ LATER_DEFAULTS: dict[tuple[str, ...], Any] = {("trainer", "epochs_per_task"): {}
                                                ("data", "extra_tasks"): None,
                                                ("data", "val_per_class"): None,
                                                ("eval", "split"): "test",
+                                               # progprompt's records before the option scored with all prompts
+                                               ("strategy", "task_prompts"): False,
                                                # every record before it tokenised prompts in pieces
                                                ("data", "prompt_encoding"): 1,
                                                # no lm-eval task: the runs before general ability through lm-eval

@@ -36,9 +36,11 @@ class TuneError(ClbenchError, ValueError):
 
 
 def space_for(strategy_yaml: str, spaces_file: Path = SPACES) -> dict[str, dict[str, Any]]:
-    """{dotted key: its range} for a strategy YAML: the `all` entries, then the strategy's own."""
+    """{dotted key: its range} for a strategy YAML: the `all` entries, then the strategy's own (a key set to null
+    there drops the `all` entry: a soft prompt trains nothing at trainer.lr)."""
     doc = yaml.safe_load(Path(spaces_file).read_text(encoding="utf-8")) or {}
     space = {**(doc.get("all") or {}), **((doc.get("strategies") or {}).get(strategy_yaml) or {})}
+    space = {k: v for k, v in space.items() if v is not None}
     for key, spec in space.items():
         ok = isinstance(spec, dict) and (("choices" in spec and isinstance(spec["choices"], list) and spec["choices"])
                                          or ({"low", "high"} <= set(spec) and spec["low"] < spec["high"]))
