@@ -107,3 +107,28 @@ def test_a_comparison_shows_both_means_over_the_paired_seeds_only(tmp_path):
     mean_a, mean_b = sum(BASE[:3]) / 3 + sum(BETTER[:3]) / 3, sum(BASE[:3]) / 3
     assert f"better {mean_a:.2f} vs seq_lora {mean_b:.2f}: difference +{mean_a - mean_b:.2f}" in line
     assert "(3 paired seeds)" in line
+
+
+def test_a_claim_is_judged_on_the_pair_alike_in_task_identity(tmp_path):
+    """A strategy with a task-agnostic row and a task-identity row (progprompt and progprompt_task_id): the claim
+    against a task-agnostic baseline is judged on the task-agnostic row; with only the other, it is not judged."""
+    from tests.test_leaderboard_stats import _record as record
+
+    def with_identity(rec):
+        return {**rec, "strategy": {**rec["strategy"], "task_identity": True}}
+
+    runs = tmp_path / "runs"
+    for i, s in enumerate(range(1, 6)):
+        write_raw(runs, record("seq_lora", s, BASE[i]))
+        write_raw(runs, record("better", s, BASE[i] + BETTER[i]))
+        write_raw(runs, with_identity(record("better", s, BASE[i] - BETTER[i], lora_r=16)))
+        write_raw(runs, with_identity(record("oracle", s, BASE[i] + BETTER[i])))
+    (tmp_path / "claims.yaml").write_text(
+        "- {claim: better beats the baseline, metric: aa, strategy: better, than: seq_lora, better: higher}\n"
+        "- {claim: oracle beats the baseline, metric: aa, strategy: oracle, than: seq_lora, better: higher}\n")
+    leaderboard.regenerate(runs, tmp_path)
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    verdict = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
+               if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    assert verdict["better beats the baseline"].startswith("holds: significant in the claimed direction")
+    assert verdict["oracle beats the baseline"].startswith("not judged: one of the two used task identity")

@@ -57,14 +57,16 @@ def _metrics(results: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy,port", [("replay", 29541), ("olora", 29542), ("migu", 29543)])
+@pytest.mark.parametrize("strategy,port", [("replay", 29541), ("olora", 29542), ("migu", 29543), ("agem", 29544),
+                                           ("progprompt", 29545), ("l2p", 29546)])
 def test_two_cpu_processes_run_stateful_strategies_like_one(strategy, port, tmp_path):
-    """DDP over gloo for strategies with a buffer (replay), per-task adapters (O-LoRA) and gradient masks (MIGU):
+    """DDP over gloo for strategies with a buffer (replay), per-task adapters (O-LoRA), gradient masks (MIGU), a
+    reference gradient averaged over processes (A-GEM) and soft prompts placed by hooks (Progressive Prompts, L2P):
     same global batch, same steps, same zero-shot row, and the masks/adapters/buffers agree across ranks well
     enough that the accuracies stay close."""
     one, two = tmp_path / "one", tmp_path / "two"
     common = TINY + [f"strategy={strategy}", "leaderboard=false", "trainer.lr=1e-2", "trainer.device=cpu"]
-    if strategy == "replay":
+    if strategy in ("replay", "agem"):
         common.append("strategy.buffer.fraction=0.25")
     p1 = subprocess.run([sys.executable, "-m", "benchmark.cli", *common, "trainer.batch_size=4", f"results_dir={one}"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())

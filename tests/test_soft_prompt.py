@@ -129,6 +129,9 @@ def test_training_forward_with_kept_logits_equals_the_explicit_one_and_checkpoin
     got = model(**inputs, logits_to_keep=keep).logits
     full = model(**inputs).logits
     assert full.shape[1] == batch["input_ids"].shape[1]  # the prefix's positions are cropped
+    # lm-eval calls model(input_ids) positionally, without a mask: the same logits for a row without padding
+    row = batch["input_ids"][:1, : int(batch["attention_mask"][0].sum())]
+    assert torch.allclose(model(row).logits, model(input_ids=row, attention_mask=torch.ones_like(row)).logits, atol=1e-5)
     assert torch.allclose(got, full[:, keep], atol=1e-5)
     with torch.no_grad():
         for b, ex in enumerate(items):

@@ -23,10 +23,11 @@ from benchmark.leaderboard import claims as claims_mod
 from benchmark.records import stats, verify
 from benchmark.records.metrics import PAIRED, QUALITY, all_metrics, missing_cells
 from benchmark.records.schema import SCORE_MODES
-from benchmark.records.store import (BOOKKEEPING, RecordError, canonical_json, load_record, load_records,
-                                     nonfinite_path, parent_of, record_identity, upgrade)
+from benchmark.records.store import (BOOKKEEPING, LATER_DEFAULTS, RecordError, canonical_json, load_record,
+                                     load_records, nonfinite_path, parent_of, record_identity, upgrade)
 
 MODES = SCORE_MODES
+_NONE = object()
 DEFAULT_MODE = "generate"
 DEFAULT_BASELINE = DEFAULT_STRATEGY
 # the anatomy of the final evaluation's errors on the tasks trained before the last stage (generation only):
@@ -368,7 +369,11 @@ def _setting(flat: dict[str, str], key: str) -> str:
         if any(k.startswith(up + ".") for k in flat):
             break
         top = up
-    return f"{top}={flat.get(top, '(absent)')}"
+    if top in flat:
+        return f"{top}={flat[top]}"
+    # a key added to the configuration later is left out of the identity at its default: show that default
+    later = LATER_DEFAULTS.get(tuple(top.split(".")), _NONE)
+    return f"{top}={canonical_json(later) if later is not _NONE else '(absent)'}"
 
 
 # ---------------------------------------------------------------- paired comparison with the baseline

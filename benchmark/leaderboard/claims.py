@@ -129,12 +129,16 @@ def _comparison(c: dict, rows: list[dict]) -> dict:
     m = METRICS[c["metric"]]
     metric, s = m.key, m.scale
     pairs = [(a, b) for a in _rows(rows, c["strategy"]) for b in _rows(rows, c["than"]) if a["match"] == b["match"]]
-    if len(pairs) != 1:
-        return {"clbench": f"{len(pairs)} pairs of rows with identical settings", "verdict": "inconclusive",
-                "reason": "no pair of runs to compare" if not pairs else "several pairs of configurations"}
-    if pairs[0][0].get("task_identity") != pairs[0][1].get("task_identity"):
+    # a row scored with task identity at test is never compared with a task-agnostic one: when a strategy has
+    # both kinds of row, the claim is judged on the pair alike in that respect
+    alike = [(a, b) for a, b in pairs if a.get("task_identity") == b.get("task_identity")]
+    if pairs and not alike:
         return {"clbench": "n/a", "verdict": "not judged",
                 "reason": "one of the two used task identity at test, the other did not"}
+    if len(alike) != 1:
+        return {"clbench": f"{len(alike)} pairs of rows with identical settings", "verdict": "inconclusive",
+                "reason": "no pair of runs to compare" if not alike else "several pairs of configurations"}
+    pairs = alike
     a, b = (stats.metric_by_seed(r["runs"], metric) for r in pairs[0])
     t = stats.paired_by_seed(a, b)
     seeds = t["seeds"]
