@@ -174,13 +174,16 @@ def tune_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", default="aa", help="the objective, a record metric (default aa)")
     ap.add_argument("--out", default="results/tuning", help="study files and trial records (default results/tuning)")
     ap.add_argument("--name", default=None, help="the study's name (default <strategy>-<stream>)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="trials run side by side, each in its own process (default 1; set trainer.num_threads so "
+                         "that jobs x threads fits the cores)")
     args = ap.parse_args(argv)
     register_configs()
     from benchmark.runner import tune
 
     try:
         doc = tune.tune(args.overrides, args.trials, seeds=tuple(args.seeds), sampler_seed=args.sampler_seed,
-                        metric=args.metric, out=Path(args.out), name=args.name)
+                        metric=args.metric, out=Path(args.out), name=args.name, jobs=args.jobs)
     except KeyboardInterrupt as e:
         _interrupted(e)
     except Exception as e:  # Hydra's compose errors too: one line

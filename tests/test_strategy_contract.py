@@ -118,7 +118,7 @@ def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
     ctx, s = got["seen"]["ctx"], got["strategy"]
     layers = lora_layers(ctx.model)
     if not layers:
-        pytest.skip(f"{yaml_name} trains no adapter (full fine-tuning)")
+        pytest.skip(f"{yaml_name} trains no LoRA adapter (full fine-tuning or soft prompts)")
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     ctx.model.eval()
     seen = set()
@@ -140,6 +140,39 @@ def test_kept_adapters_are_active_at_evaluation(name, yaml_name, runs):
                             layer.lora_B[a].weight.copy_(saved[n])
                     assert not torch.allclose(base, zeroed), f"adapter {a} is active at evaluation but changes nothing"
         assert [a for a in all_adapters if a.startswith("task")] == sorted(a for a in seen if a.startswith("task"))
+
+
+class _NoPrompt:
+    def length(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize("name,yaml_name", CASES)
+def test_kept_soft_prompts_are_active_at_evaluation(name, yaml_name, runs):
+    """A strategy that puts soft prompts before the input (strategies/common/soft_prompt.py) has them in front of
+    every evaluated task's inputs, and they change the scores."""
+    from strategies.common.soft_prompt import SoftPrefix
+
+    got = runs(yaml_name)
+    ctx, s = got["seen"]["ctx"], got["strategy"]
+    owners = [p for p in getattr(s, "parts", [s]) if isinstance(getattr(p, "prefix", None), SoftPrefix)]
+    if not owners:
+        pytest.skip(f"{yaml_name} puts no soft prompt before the input")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    ctx.model.eval()
+    with s.eval_model(ctx), torch.no_grad():
+        for task in ctx.stream.task_names:
+            with s.eval_task(ctx, task):
+                for owner in owners:
+                    hooks = owner.prefix
+                    assert hooks.source.length() > 0, f"no prompt in front of {task}'s inputs"
+                    prompted = ctx.model(input_ids=ids).logits
+                    source, hooks.source = hooks.source, _NoPrompt()
+                    try:
+                        bare = ctx.model(input_ids=ids).logits
+                    finally:
+                        hooks.source = source
+                    assert not torch.allclose(prompted, bare), f"the prompts in front of {task} change nothing"
 
 
 def test_batch_b_times_accumulation_k_trains_like_batch_kb(tmp_path, monkeypatch):

@@ -112,3 +112,22 @@ def test_a_null_key_drops_the_shared_entry_and_every_committed_space_tunes_a_lea
         assert keys & {"trainer.lr", "strategy.lr"}, yaml_file.stem
         if yaml_file.stem in ("progprompt", "l2p"):
             assert "trainer.lr" not in keys and "strategy.lr" in keys
+
+
+@pytest.mark.slow
+def test_trials_side_by_side_in_their_own_processes_give_a_reproducible_study(tmp_path, spaces):
+    """jobs=2: a batch of two trials at a time, each a fresh process; the same seeds give the same study, its
+    records are the trials' own, and the provenance says how it was batched."""
+    a = _study(tmp_path, spaces, "a", jobs=2)
+    b = _study(tmp_path, spaces, "b", jobs=2)
+    assert [t["number"] for t in a["trials"]] == [0, 1, 2] and a["tuning"]["jobs"] == 2
+    assert [(t["params"], t["value"]) for t in a["trials"]] == [(t["params"], t["value"]) for t in b["trials"]]
+    assert len({t["params"]["trainer.lr"] for t in a["trials"]}) == 3
+    from benchmark.records.store import load_record
+
+    for t in a["trials"]:
+        rec = load_record(tmp_path / "tuning" / "a" / "runs" / t["records"][0])
+        assert rec["config"]["trainer"]["lr"] == pytest.approx(t["params"]["trainer.lr"])
+        assert rec["metrics"]["aa"] == t["value"]
+    with pytest.raises(tune.TuneError, match="jobs must be >= 1"):
+        _study(tmp_path, spaces, "c", jobs=0)

@@ -8,6 +8,10 @@ goes to <out>/study-<name>.json, and the best values to conf/tuned/<name>.yaml, 
 +tuned=<name>` loads; its records carry the tuning provenance (config.tuning, bookkeeping: not part of the
 identity, since the values themselves are).
 
+`jobs` > 1 asks that many trials at a time and runs them side by side, each in a fresh process (a run owns torch's
+global state): a study of N trials takes about N / jobs run times. The sampler then proposes a batch from the
+trials finished before it, so a study is reproducible for a given `jobs`, which its provenance records.
+
 Why not hydra-optuna-sweeper: its current release pins optuna<3, which would drag an old Optuna (and its old
 SQLAlchemy API) into the lock; driving current Optuna here is a few lines.
 """
@@ -77,18 +81,40 @@ def _strategy_yaml(overrides: list[str]) -> str:
     return found[-1] if found else "seq_lora"
 
 
+def run_in_process(overrides: list[str]) -> str:
+    """One trial run from its overrides, in this process: the record's path (a worker of a parallel study)."""
+    from benchmark.runner import recipe
+
+    return str(recipe.run(compose(overrides)))
+
+
+def _record_paths(jobs_overrides: list[list[str]], jobs: int, run) -> list[Path]:
+    """The record of each override list: in this process one after another (`run` takes a composed config), or
+    `jobs` at a time in fresh processes (spawned: a forked torch would share its threads' state)."""
+    if jobs == 1:
+        return [Path(run(compose(o))) for o in jobs_overrides]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [Path(p) for p in pool.map(run_in_process, jobs_overrides)]
+
+
 def tune(overrides: list[str], trials: int, *, seeds: tuple[int, ...] = (1,), sampler_seed: int = 0,
          metric: str = "aa", out: Path = Path("results/tuning"), name: str | None = None,
-         spaces_file: Path = SPACES, tuned_dir: Path = TUNED, run=None) -> dict[str, Any]:
-    """Run the study; returns it (as written to <out>/study-<name>.json). `run`: recipe.run (tests spy on it)."""
+         spaces_file: Path = SPACES, tuned_dir: Path = TUNED, run=None, jobs: int = 1) -> dict[str, Any]:
+    """Run the study; returns it (as written to <out>/study-<name>.json). `run`: recipe.run (tests spy on it; used
+    when jobs is 1). `jobs`: trials run side by side, each in its own process."""
     import optuna
 
     from benchmark.records.store import load_record
     from benchmark.runner import recipe
 
-    run = run or recipe.run
+    run = run or recipe.run  # jobs == 1
     if trials < 1:
         raise TuneError(f"trials must be >= 1, got {trials}")
+    if jobs < 1:
+        raise TuneError(f"jobs must be >= 1, got {jobs}")
     if metric not in METRICS or not METRICS[metric].quality:
         raise TuneError(f"metric must be one of {', '.join(k for k, m in METRICS.items() if m.quality)}, got {metric!r}")
     strategy = _strategy_yaml(overrides)
@@ -114,30 +140,30 @@ def tune(overrides: list[str], trials: int, *, seeds: tuple[int, ...] = (1,), sa
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=sampler_seed))
     log = []
-    for number in range(trials):
-        trial = study.ask()
-        params = {key: _suggest(trial, key, spec) for key, spec in space.items()}
-        values, records = [], []
-        for seed in seeds:
-            cfg = compose(base + [_override(k, v) for k, v in params.items()]
-                          + [f"seed={seed}", f"results_dir={trials_dir}"])
-            path = run(cfg)
-            rec = load_record(path)
-            values.append(rec["metrics"].get(metric))
-            records.append(path.name)
-        value = None if any(v is None for v in values) else sum(values) / len(values)
-        if value is None or not math.isfinite(value):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        else:
-            study.tell(trial, value)
-        log.append({"number": number, "params": params, "value": value, "per_seed": values, "records": records})
+    for start in range(0, trials, jobs):
+        batch = [study.ask() for _ in range(min(jobs, trials - start))]
+        params = [{key: _suggest(trial, key, spec) for key, spec in space.items()} for trial in batch]
+        runs = [base + [_override(k, v) for k, v in p.items()] + [f"seed={seed}", f"results_dir={trials_dir}"]
+                for p in params for seed in seeds]
+        paths = iter(_record_paths(runs, jobs, run))
+        for trial, p in zip(batch, params):
+            mine = [next(paths) for _ in seeds]
+            values = [load_record(path)["metrics"].get(metric) for path in mine]
+            value = None if any(v is None for v in values) else sum(values) / len(values)
+            if value is None or not math.isfinite(value):
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(trial, value)
+            log.append({"number": trial.number, "params": p, "value": value, "per_seed": values,
+                        "records": [path.name for path in mine]})
     done = [t for t in log if t["value"] is not None]
     if not done:
         raise TuneError(f"study {name}: no trial gave a value of {metric}")
     best = (max if direction == "maximize" else min)(done, key=lambda t: t["value"])
     provenance = {"study": f"study-{name}.json", "trials": trials, "objective": f"{metric} on val",
                   "val_per_class": config_dict(cfg0)["data"]["val_per_class"], "seeds": list(seeds),
-                  "sampler": f"TPE seed {sampler_seed}", "space": space, "best_trial": best["number"]}
+                  "sampler": f"TPE seed {sampler_seed}", "space": space, "best_trial": best["number"],
+                  **({"jobs": jobs} if jobs > 1 else {})}
     doc = {"name": name, "strategy": strategy, "stream": stream, "overrides": overrides, "metric": metric,
            "direction": direction, "optuna": optuna.__version__, "best": best, "trials": log, "tuning": provenance}
     atomic_write(Path(out) / f"study-{name}.json", json.dumps(doc, indent=1, sort_keys=True))
