@@ -15,7 +15,9 @@ Faithfulness): the memory is replay's (`buffer`: int(2 % x |train|) random examp
 LoRAReplay memory) so that A-GEM and replay differ only in how they use it, where the authors keep a fixed number
 per class; the projected gradient then goes through clipping and AdamW, the suite's optimizer for every strategy,
 where the authors' follows with SGD; LoRA by default (`adapter: full` for full fine-tuning). Under DDP every process
-draws its own memory examples and the reference gradients are averaged, so every process projects alike.
+draws its own memory examples and the reference gradients are averaged, so every process projects alike. The flat
+gradients are fp32 copies of every trainable parameter: cheap for a LoRA, several model-sized tensors under
+`adapter: full` on a large model.
 """
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ from strategies.common.lora import apply_adapter
 
 @dataclass
 class AGEMConfig:
-    adapter: str = "lora"  # lora | full
+    adapter: str = "lora"  # lora | full | none (another composed part owns the model)
     lora: LoraSettings = field(default_factory=LoraSettings)
     buffer: BufferConfig = field(default_factory=lambda: BufferConfig(policy="fraction", fraction=0.02))
     ref_batch: int = 256  # memory examples per reference gradient (all of them when fewer are stored)
 
     def __post_init__(self):
-        check_adapter(self.adapter, "adapter", ("lora", "full"))
+        check_adapter(self.adapter, "adapter")
         check_lora(self.lora, "lora")
         check_nested(self.buffer, "buffer", BufferConfig)
         self.buffer.check("buffer")

@@ -16,7 +16,7 @@ JH-LEE-KR/l2p-pytorch. No task identity at test: every input picks its own promp
 - the query averages `query_tokens` tokens of the input, those after the chat template's header: the task header
   and instruction in this benchmark's prompts (TRACE averages every position, left padding and, in training, the answer included, so its
   training and test queries differ); the same tokens in training, scoring and generation, never the answer while
-  the prompts are at least that long (checked on every training prompt);
+  the prompts are at least that long (checked on every training and scored prompt);
 - the pool trains at lr 0.3, the prompt-tuning rate of Progressive Prompts' scripts (TRACE trains it at its global
   rate), with weight decay 0.
 """
@@ -79,7 +79,8 @@ class PromptPool(nn.Module):
         self.embedding = [embedding]  # the frozen input embedding (a list: not a submodule, not saved twice)
         rows = vocab_rows(embedding, cfg.pool * cfg.length, cfg.init_scale)
         self.prompts = nn.Parameter(rows.view(cfg.pool, cfg.length, -1))
-        self.keys = nn.Parameter(self.prompts.detach().mean(1).clone())
+        # only the pull term moves the keys: without it they stay put, and do not train (DDP would find them unused)
+        self.keys = nn.Parameter(self.prompts.detach().mean(1).clone(), requires_grad=cfg.pull > 0)
         self.pulled: torch.Tensor | None = None  # the last prefixed forward's pull term, for the loss
 
     def length(self) -> int:
@@ -106,15 +107,21 @@ class L2P(Hooks):
         self.pool = PromptPool(self.cfg, model.get_input_embeddings(), skip=len(ctx.encoder.turn[0]))
         model.add_module(MODULE, self.pool)
         self.prefix = SoftPrefix(model, self.pool)
+        for task in ctx.stream.tasks:  # the scored prompts, before any training: the same query in every test
+            self._check_prompts(ctx.encoder.encode(task, task.scored(ctx.cfg.eval.split)), "scored")
         return model
 
-    def train_items(self, ctx, items):
+    def _check_prompts(self, items, split: str) -> None:
+        # a prompt shorter than the query's tokens would put answer (or label) tokens into its query
         short = min(items, key=lambda e: len(e.prompt), default=None)
         need = self.pool.skip + self.cfg.query_tokens
         if short is not None and len(short.prompt) < need:
             raise ClbenchError(f"strategy l2p.query_tokens={self.cfg.query_tokens} (after a chat header of "
-                               f"{self.pool.skip}) exceeds a training prompt of task {short.task} "
+                               f"{self.pool.skip}) exceeds a {split} prompt of task {short.task} "
                                f"({len(short.prompt)} tokens): the query would read its answer; lower it")
+
+    def train_items(self, ctx, items):
+        self._check_prompts(items, "training")
         return items
 
     def loss(self, ctx, batch, outputs, loss):

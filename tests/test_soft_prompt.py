@@ -276,7 +276,7 @@ def test_only_the_prompts_train_and_at_their_own_rate(name):
     strategy = build({"name": name, "lr": 0.05, "weight_decay": 0.01})
     model, tok = tiny_model(seed=0)
     ctx = SimpleNamespace(model=model, device=torch.device("cpu"), stage=1, tasks=[SimpleNamespace(name="CB")],
-                          encoder=Encoder(tok, 64))
+                          encoder=Encoder(tok, 64), stream=SimpleNamespace(tasks=[]))
     model = strategy.prepare_model(model, ctx)
     strategy.before_stage(ctx)
     params = trainable_params(model)
@@ -318,3 +318,20 @@ def test_progprompt_with_task_prompts_never_forgets_and_says_so(tiny_run, tmp_pa
     for i in range(3):
         assert all(R[j][i] == R[i + 1][i] for j in range(i + 1, 4))  # its prompts never change again
     assert rec["scores"]["loglik"]["metrics"]["bwt"] == 0.0 and rec["strategy"]["task_identity"] is True
+
+
+def test_l2p_checks_the_scored_prompts_before_training_and_freezes_keys_without_pull():
+    from types import SimpleNamespace
+
+    from strategies.base import build
+
+    model, tok = tiny_model(seed=0)
+    task = load_task("CB", DataConfig(train_per_class=1, test_per_class=1))
+    ctx = SimpleNamespace(model=model, encoder=Encoder(tok, 64), stream=SimpleNamespace(tasks=[task]),
+                          cfg=SimpleNamespace(eval=SimpleNamespace(split="test")))
+    with pytest.raises(ClbenchError, match="exceeds a scored prompt of task CB"):
+        build({"name": "l2p", "query_tokens": 500}).prepare_model(model, ctx)
+    model, tok = tiny_model(seed=0)
+    s = build({"name": "l2p", "pull": 0.0, "query_tokens": 8})
+    s.prepare_model(model, SimpleNamespace(**{**vars(ctx), "model": model}))
+    assert not s.pool.keys.requires_grad and s.pool.prompts.requires_grad

@@ -42,7 +42,7 @@ BAD: list[tuple[str, str, object]] = [
     ("ewc", "ewc_lambda", NAN), ("ewc", "fisher", "true"), ("ewc", "fisher_batches", -1), ("ewc", "fisher_batches", 1.5),
     ("ewc", "online", "yes"), ("ewc", "gamma", 1.5),
     *(("lwf", o, v) for o, v in LORA), ("lwf", "alpha", -1.0), ("lwf", "temperature", 0.0),
-    ("agem", "adapter", "none"), *(("agem", o, v) for o, v in LORA), *(("agem", o, v) for o, v in BUFFER),
+    ("agem", "adapter", "qlora"), *(("agem", o, v) for o, v in LORA), *(("agem", o, v) for o, v in BUFFER),
     ("agem", "ref_batch", 0), ("agem", "ref_batch", 2.5),
     ("progprompt", "length", 0), ("progprompt", "length", 2.5), ("progprompt", "mlp", "yes"),
     ("progprompt", "bottleneck", 1), ("progprompt", "lr", 0.0), ("progprompt", "weight_decay", -1.0),

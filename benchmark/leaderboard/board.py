@@ -373,7 +373,9 @@ def _setting(flat: dict[str, str], key: str) -> str:
         return f"{top}={flat[top]}"
     # a key added to the configuration later is left out of the identity at its default: show that default
     later = LATER_DEFAULTS.get(tuple(top.split(".")), _NONE)
-    return f"{top}={canonical_json(later) if later is not _NONE else '(absent)'}"
+    if later is _NONE:
+        return f"{top}=(absent)"
+    return f"{top}={later if isinstance(later, str) else canonical_json(later)}"  # as _flatten writes values
 
 
 # ---------------------------------------------------------------- paired comparison with the baseline
