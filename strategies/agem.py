@@ -73,13 +73,13 @@ class AGEM(Hooks):
         size = ctx.cfg.trainer.batch_size
         chunks = [items[i:i + size] for i in range(0, len(items), size)]
         batches = [ctx.encoder.collate(c) for c in chunks]
-        total = sum(int((b["labels"] != IGNORE).sum()) for b in batches)
+        tokens = [int((b["labels"] != IGNORE).sum()) for b in batches]
+        total = sum(tokens)
         flat = torch.zeros(sum(p.numel() for p in params), device=ctx.device)
-        for b in batches:
+        for b, n in zip(batches, tokens):
             with ctx.accelerator.autocast():
                 ce, _ = answer_loss(ctx, b, False, model=ctx.model)  # the unwrapped model: no DDP reduction
-            weight = int((b["labels"] != IGNORE).sum()) / total
-            grads = torch.autograd.grad(ce * weight, params, allow_unused=True)
+            grads = torch.autograd.grad(ce * (n / total), params, allow_unused=True)
             flat += torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1).float()
                                for g, p in zip(grads, params)])
         if ctx.accelerator.num_processes > 1:
@@ -103,11 +103,7 @@ class AGEM(Hooks):
             offset += n
 
     def after_stage(self, ctx) -> None:
-        items = [e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)]
-        if self.cfg.buffer.policy == "fraction":
-            self.buffer.add_task(items)
-        else:
-            self.buffer.add(items, ctx.stage - 1)
+        self.buffer.store_finished([e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)], ctx.stage - 1)
 
     def state_dict(self):
         tensors, meta = self.buffer.state("buffer/")

@@ -98,11 +98,9 @@ class Replay(Hooks):
         return mixed
 
     def after_stage(self, ctx) -> None:
-        items = [e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)]
-        if self.cfg.buffer.policy == "fraction":
-            self.buffer.add_task(items)
-        elif not self.cfg.include_current:
-            self.buffer.add(items, ctx.stage - 1)
+        # include_current offered the task's rows while it trained (never with the fraction policy: refused)
+        if not self.cfg.include_current:
+            self.buffer.store_finished([e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)], ctx.stage - 1)
 
     def state_dict(self):
         return self.buffer.state("buffer/")

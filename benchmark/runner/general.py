@@ -233,7 +233,6 @@ def evaluate_general(ctx: RunContext, strategy: Strategy, prepared: list[Prepare
             n=len(lines), file=name, sha256=sha)]
 
 
-
 def general_files(blocks: dict[str, GeneralTask]) -> list[dict[str, Any]]:
     """The per-sample logs the blocks name, as predictions.publish copies them."""
     return [{"file": r["file"], "sha256": r["sha256"]} for b in blocks.values() for r in b["rows"]]

@@ -70,6 +70,14 @@ class ReplayBuffer:
                     self.slots[slot] = ex
                 self.seen_in_task[task_index] = n + 1
 
+    def store_finished(self, examples: list[Encoded], task_index: int) -> None:
+        """A finished task's training examples, as the policy keeps them: a fraction of the task (add_task) or
+        offered one by one (add)."""
+        if self.cfg.policy == "fraction":
+            self.add_task(examples)
+        else:
+            self.add(examples, task_index)
+
     def add_task(self, examples: list[Encoded]) -> None:
         """fraction policy: keep int(fraction * |train|) random examples of a finished task (MIGU's 2%)."""
         k = int(self.cfg.fraction * len(examples))
