@@ -104,6 +104,7 @@ class AGEM(Hooks):
 
     def after_stage(self, ctx) -> None:
         self.buffer.store_finished([e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)], ctx.stage - 1)
+        self.buffer.share(ctx.accelerator)  # each process's draws resume as its own
 
     def state_dict(self):
         tensors, meta = self.buffer.state("buffer/")

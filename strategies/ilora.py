@@ -92,6 +92,9 @@ class ILoRA(Hooks):
             return batch
         return mix(ctx, batch, self.buffer, self.cfg.ratio)
 
+    def after_stage(self, ctx) -> None:
+        self.buffer.share(ctx.accelerator)  # each process's shard of rows and draws resume as its own
+
     def loss(self, ctx, batch, outputs, loss):
         rep = batch.get("is_replay")
         if rep is None or not bool(rep.any()):

@@ -101,6 +101,7 @@ class Replay(Hooks):
         # include_current offered the task's rows while it trained (never with the fraction policy: refused)
         if not self.cfg.include_current:
             self.buffer.store_finished([e for t in ctx.tasks for e in ctx.encoder.encode(t, t.train)], ctx.stage - 1)
+        self.buffer.share(ctx.accelerator)  # each process's draws (and shard) resume as its own
 
     def state_dict(self):
         return self.buffer.state("buffer/")

@@ -132,3 +132,54 @@ def test_a_claim_is_judged_on_the_pair_alike_in_task_identity(tmp_path):
                if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
     assert verdict["better beats the baseline"].startswith("holds: significant in the claimed direction")
     assert verdict["oracle beats the baseline"].startswith("not judged: one of the two used task identity")
+
+
+def test_settings_pick_the_rows_a_claim_is_judged_on(tmp_path):
+    """Two tuning budgets of the same two strategies on one board: without `settings` a claim cannot tell which
+    rows it means (inconclusive); with them, each budget's claim is judged on its own rows, in opposite ways."""
+    from benchmark.records import store
+    from tests.conftest import older
+    from tests.test_records_leaderboard import _rec
+
+    def record(strategy, seed, aa, trials):
+        tuning = {"trials": trials, "objective": "aa on val", "val_per_class": 8, "seeds": [1], "sampler": "TPE seed 0",
+                  "space": {"trainer.lr": {}}}
+        config = {"seed": seed, "trainer": {"lr": 1e-4 * trials}, "strategy": {"name": strategy}, "tuning": tuning}
+        chash = store.config_hash(config, content={})
+        rec = _rec(strategy, seed, aa_last=(aa - 5.0, aa + 5.0), chash=chash, run_id=f"{strategy}-{chash}-s{seed}")
+        return older({**rec, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}})
+
+    runs = tmp_path / "runs"
+    for i, s in enumerate(range(1, 6)):
+        write_raw(runs, record("seq_lora", s, BASE[i], 3))
+        write_raw(runs, record("better", s, BASE[i] + BETTER[i], 3))  # 3 trials: better wins
+        write_raw(runs, record("seq_lora", s, BASE[i] + BETTER[i], 20))
+        write_raw(runs, record("better", s, BASE[i], 20))  # 20 trials: the baseline wins
+    (tmp_path / "claims.yaml").write_text(
+        "- {claim: any budget, metric: aa, strategy: better, than: seq_lora, better: higher}\n"
+        "- {claim: any budget above 55, metric: aa, strategy: better, above: 55}\n"
+        "- {claim: at 3 trials, metric: aa, strategy: better, than: seq_lora, better: higher,"
+        " settings: 'tuned: 3 trials on val (aa on val)'}\n"
+        "- {claim: at 20 trials, metric: aa, strategy: better, than: seq_lora, better: higher,"
+        " settings: ['tuned: 20 trials on val (aa on val)']}\n"
+        "- {claim: above 55 at 3 trials, metric: aa, strategy: better, above: 55,"
+        " settings: 'tuned: 3 trials on val (aa on val)'}\n"
+        "- {claim: at 7 trials, metric: aa, strategy: better, above: 55, settings: 'tuned: 7 trials on val'}\n")
+    leaderboard.regenerate(runs, tmp_path)
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    verdict = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
+               if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    assert verdict["any budget"].startswith("inconclusive: several pairs of configurations")
+    assert verdict["any budget above 55"].startswith("inconclusive: several configurations of the strategy")
+    assert verdict["at 3 trials"].startswith("holds: significant in the claimed direction")
+    assert verdict["at 20 trials"].startswith("does not hold: significant in the opposite direction")
+    assert verdict["above 55 at 3 trials"].startswith("holds: the interval lies above 55")
+    assert verdict["at 7 trials"].startswith("not judged: no row of better has the settings tuned: 7 trials on val")
+    assert "tuned: 20 trials on val (aa on val)" in verdict["at 7 trials"]  # the settings it does have
+
+
+def test_settings_of_a_claim_must_be_text(tmp_path):
+    path = tmp_path / "claims.yaml"
+    path.write_text("- {claim: x, metric: aa, strategy: s, below: 1, settings: [3]}")
+    with pytest.raises(claims.ClaimsError, match="'x': settings must be a text or a list of texts, got \\[3\\]"):
+        claims.load(path)

@@ -58,9 +58,9 @@ def _metrics(results: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,port", [("replay", 29541), ("olora", 29542), ("migu", 29543), ("agem", 29544),
-                                           ("progprompt", 29545), ("l2p", 29546)])
+                                           ("progprompt", 29545), ("l2p", 29546), ("ilora", 29548)])
 def test_two_cpu_processes_run_stateful_strategies_like_one(strategy, port, tmp_path):
-    """DDP over gloo for strategies with a buffer (replay), per-task adapters (O-LoRA), gradient masks (MIGU), a
+    """DDP over gloo for strategies with a buffer (replay; I-LoRA's holds each process's shard), per-task adapters (O-LoRA), gradient masks (MIGU), a
     reference gradient averaged over processes (A-GEM) and soft prompts placed by hooks (Progressive Prompts, L2P):
     same global batch, same steps, same zero-shot row, and the masks/adapters/buffers agree across ranks well
     enough that the accuracies stay close."""

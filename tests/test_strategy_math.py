@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from benchmark.api import IGNORE
+from benchmark.api import IGNORE, ClbenchError
 from benchmark.modeling.data import Encoded
 from strategies.common.buffer import BufferConfig, ReplayBuffer
 from strategies.gere import margin_labels, thresholds, tm_loss
@@ -168,6 +168,40 @@ def test_buffer_state_roundtrip():
     other.load("b/", tensors, meta)
     assert other.items() == buf.items()
     assert other.sample(2) == buf.sample(2)
+    random.seed(0)
+
+
+def test_each_process_resumes_its_own_buffer_and_draws():
+    """Under two processes the main one writes the checkpoint: share() puts both buffers in it (rows offered while
+    training are each process's own shard, draws are seeded per rank) and each process loads its own back, so
+    that after resuming rank 1 draws what it would have drawn without the interruption, not rank 0's rows."""
+    from types import SimpleNamespace
+
+    cfg = BufferConfig(policy="reservoir", size=4)
+    ranks = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r) for r in (0, 1)]
+    for r, buf in enumerate(ranks):
+        buf.add(_items(r, 10), 0)  # each process's own shard
+        buf.sample(2)  # draws already made in the stage
+    two = SimpleNamespace(num_processes=2)
+    own = [b._own_state("") for b in ranks]
+    for buf in ranks:
+        buf.share(two, gather=lambda mine: own)  # gather_object: one item per process, in rank order
+    tensors, meta = ranks[0].state("b/")  # the main process writes the checkpoint
+    assert len(meta["ranks"]) == 2
+    resumed = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r) for r in (0, 1)]
+    for buf in resumed:
+        buf.load("b/", tensors, meta)
+    for before, after in zip(ranks, resumed):
+        assert after.items() == before.items()
+        assert after.sample(3) == before.sample(3)
+    assert resumed[0].items() != resumed[1].items()
+    # one process: nothing gathered, the checkpoint keeps the one-process layout
+    single = ReplayBuffer(cfg, n_tasks=1, seed=3)
+    single.share(SimpleNamespace(num_processes=1), gather=lambda mine: pytest.fail("gathered on one process"))
+    assert "ranks" not in single.state("b/")[1]
+    # a third process cannot resume what two saved
+    with pytest.raises(ClbenchError, match="saved by 2 processes: resume with the same number"):
+        ReplayBuffer(cfg, n_tasks=1, seed=3, rank=2).load("b/", tensors, meta)
     random.seed(0)
 
 

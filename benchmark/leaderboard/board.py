@@ -345,6 +345,7 @@ def add_settings(rows: list[dict]) -> None:
             if any(k.startswith("general.") for k in leaves):
                 settings.append(_general_label(r["flat_config"]))
             settings += dict.fromkeys(_setting(r["flat_config"], k) for k in leaves if not k.startswith("general"))
+            r["setting_items"] = settings  # one by one: a claim picks its rows by them (claims.py)
             r["settings"] = ", ".join(settings)
 
 

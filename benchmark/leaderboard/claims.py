@@ -8,6 +8,11 @@ A claims file (YAML; the leaderboard reads `claims.yaml` beside the records fold
       strategy: seq_lora                                 # the strategy as recorded (olora_long runs as olora)
       below: -20                                         # or above: X; or than: <strategy> + better: higher|lower
       why: "..."                                         # optional: what may explain a verdict that is not "holds"
+      settings: "tuned: 20 trials on val (aa on val)"    # optional: only rows with these settings (one text or a
+                                                         # list), as the leaderboard's settings column names them
+
+Without `settings`, a strategy with several rows on the board (two tuning budgets, a task-identity row beside a
+task-agnostic one) leaves a threshold claim inconclusive ("several configurations"); `settings` picks the row.
 
 Verdicts, at the leaderboard's 95 % level over seeds:
 - a threshold (`below` / `above`): holds when the row's t-interval lies on the claimed side, does not hold when it
@@ -57,7 +62,12 @@ def _check(i: int, c: Any, where: str) -> dict:
     for k in ("claim", "paper", "strategy", "than", "why"):  # shown as text and matched as names
         if k in c and not isinstance(c[k], str):
             raise ClaimsError(f"{where}: {name!r}: {k} must be text, got {c[k]!r}")
-    unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why"})
+    wanted = c.get("settings", "")
+    if "settings" in c and not (isinstance(wanted, str) or isinstance(wanted, list) and wanted
+                                and all(isinstance(w, str) for w in wanted)):
+        raise ClaimsError(f"{where}: {name!r}: settings must be a text or a list of texts, got {wanted!r}")
+    unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why",
+                               "settings"})
     if unknown:
         raise ClaimsError(f"{where}: {name!r}: unknown key {unknown[0]!r}")
     return c
@@ -74,23 +84,34 @@ def load(path: Path) -> list[dict]:
     return [_check(i, c, str(path)) for i, c in enumerate(doc)]
 
 
-def _rows(rows: list[dict], strategy: str) -> list[dict]:
-    return [r for r in rows if r["strategy"] == strategy]
+def _wanted(c: dict) -> list[str]:
+    wanted = c.get("settings", [])  # absent: every row of the strategy
+    return [wanted] if isinstance(wanted, str) else wanted
+
+
+def _rows(rows: list[dict], strategy: str, wanted: list[str] = ()) -> list[dict]:
+    return [r for r in rows if r["strategy"] == strategy and all(w in r.get("setting_items", ()) for w in wanted)]
 
 
 def _not_run(c: dict, rows: list[dict]) -> dict | None:
     """A claim about a strategy with no row on this board (never run here, or a misspelt name) is not judged:
-    that is not the same as data that cannot decide it."""
+    that is not the same as data that cannot decide it. Nor is one whose settings no row of the strategy has."""
     absent = [s for s in (c["strategy"], c.get("than")) if s is not None and not _rows(rows, s)]
-    if not absent:
+    if absent:
+        known = sorted({r["strategy"] for r in rows})
+        return {"clbench": "n/a", "verdict": "not judged",
+                "reason": f"no records of {' or '.join(absent)} here (strategies on this board: {', '.join(known) or 'none'})"}
+    wanted = _wanted(c)
+    unmatched = [s for s in (c["strategy"], c.get("than")) if s is not None and not _rows(rows, s, wanted)]
+    if not unmatched:
         return None
-    known = sorted({r["strategy"] for r in rows})
+    have = sorted({r.get("settings") or "(none)" for r in _rows(rows, unmatched[0])})
     return {"clbench": "n/a", "verdict": "not judged",
-            "reason": f"no records of {' or '.join(absent)} here (strategies on this board: {', '.join(known) or 'none'})"}
+            "reason": f"no row of {unmatched[0]} has the settings {'; '.join(wanted)} (its rows: {' | '.join(have)})"}
 
 
 def _threshold(c: dict, rows: list[dict]) -> dict:
-    metric, found = c["metric"], _rows(rows, c["strategy"])
+    metric, found = c["metric"], _rows(rows, c["strategy"], _wanted(c))
     if len(found) != 1:
         return {"clbench": f"{len(found)} rows of {c['strategy']}", "verdict": "inconclusive",
                 "reason": "no run" if not found else "several configurations of the strategy"}
@@ -128,7 +149,9 @@ def _power(diff: float, sd: float, n: int, what: str) -> str:
 def _comparison(c: dict, rows: list[dict]) -> dict:
     m = METRICS[c["metric"]]
     metric, s = m.key, m.scale
-    pairs = [(a, b) for a in _rows(rows, c["strategy"]) for b in _rows(rows, c["than"]) if a["match"] == b["match"]]
+    wanted = _wanted(c)
+    pairs = [(a, b) for a in _rows(rows, c["strategy"], wanted) for b in _rows(rows, c["than"], wanted)
+             if a["match"] == b["match"]]
     # a row scored with task identity at test is never compared with a task-agnostic one: when a strategy has
     # both kinds of row, the claim is judged on the pair alike in that respect
     alike = [(a, b) for a, b in pairs if a.get("task_identity") == b.get("task_identity")]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.api import Encoded, rng_from_json, rng_to_json
+from benchmark.api import ClbenchError, Encoded, rng_from_json, rng_to_json
 
 
 POLICIES = ("reservoir", "per_task", "fraction")
@@ -33,14 +33,20 @@ class BufferConfig:
 
 
 class ReplayBuffer:
-    """What is stored is the same on every process (`rng`, seeded by the run seed); what is drawn for replay
-    differs per process (`draw_rng`, seeded by seed and rank), so a global step replays distinct rows."""
+    """What is stored from finished tasks is the same on every process (`rng`, seeded by the run seed); what is
+    drawn for replay differs per process (`draw_rng`, seeded by seed and rank), so a global step replays distinct
+    rows; rows offered while a task trains (I-LoRA, include_current) are each process's own shard.
+
+    Under several processes the checkpoint, written by the main process alone, holds every process's buffer:
+    `share(gather)` collects them at the end of a stage (every process calls it), and `load` gives each process
+    its own back, so that a resumed run draws as the uninterrupted one did."""
 
     def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int, rank: int = 0):
         cfg.check("buffer")  # owners check theirs when built; this covers a buffer made directly
-        self.cfg, self.n_tasks = cfg, n_tasks
+        self.cfg, self.n_tasks, self.rank = cfg, n_tasks, rank
         self.rng = random.Random(seed)
         self.draw_rng = random.Random(f"{seed}/{rank}")
+        self.shared: list[tuple[dict, dict]] | None = None  # every process's state(), from share()
         self.slots: list[Encoded | None] = [] if cfg.policy == "fraction" else [None] * cfg.size
         self.seen = 0  # reservoir: examples offered so far
         self.seen_in_task: dict[int, int] = {}
@@ -89,7 +95,27 @@ class ReplayBuffer:
         return self.draw_rng.sample(pool, min(k, len(pool)))
 
     # -- resume: the buffer as tensors plus JSON --
+    def share(self, accelerator, gather=None) -> None:
+        """Collect every process's buffer for the checkpoint (nothing to do on one process). Call it on every
+        process after the stage's last change to the buffer. `gather`: accelerate.utils.gather_object (one item
+        per process, in rank order) unless given."""
+        if accelerator.num_processes < 2:
+            return
+        if gather is None:
+            from accelerate.utils import gather_object as gather
+        self.shared = gather([self._own_state("")])
+
     def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """This process's buffer; after share() under several processes, every process's (`ranks`)."""
+        if self.shared is None or len(self.shared) < 2:
+            return self._own_state(prefix)
+        tensors, metas = {}, []
+        for r, (t, m) in enumerate(self.shared):
+            tensors.update({f"{prefix}rank{r}/{k}": v for k, v in t.items()})
+            metas.append(m)
+        return tensors, {"ranks": metas}
+
+    def _own_state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
         tensors, index = {}, []
         for i, s in enumerate(self.slots):
             if s is None:
@@ -102,6 +128,12 @@ class ReplayBuffer:
                          "rng": rng_to_json(self.rng), "draw_rng": rng_to_json(self.draw_rng)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        if "ranks" in meta:
+            if self.rank >= len(meta["ranks"]):
+                raise ClbenchError(f"the checkpoint's replay buffer was saved by {len(meta['ranks'])} processes: "
+                                   f"resume with the same number (this is process {self.rank})")
+            prefix = f"{prefix}rank{self.rank}/"
+            meta = meta["ranks"][self.rank]
         self.slots = []
         for i, entry in enumerate(meta["index"]):
             if entry is None:
