@@ -18,6 +18,12 @@ def _runs(tmp_path):
     return runs
 
 
+def _verdicts(md: str) -> dict[str, str]:
+    """Each claim's verdict cell in LEADERBOARD.md's claims table."""
+    return {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
+            if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+
+
 CLAIMS = """
 - {claim: better beats the baseline, paper: "+10", metric: aa, strategy: better, than: seq_lora, better: higher}
 - {claim: the baseline beats better, paper: "-10", metric: aa, strategy: seq_lora, than: better, better: higher, why: small model}
@@ -35,8 +41,7 @@ def test_each_verdict_follows_from_the_intervals_and_the_paired_test(tmp_path):
     (tmp_path / "claims.yaml").write_text(CLAIMS)
     leaderboard.regenerate(runs, tmp_path)  # claims.yaml beside the records folder is read by default
     md = (tmp_path / "LEADERBOARD.md").read_text()
-    verdicts = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
-                if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    verdicts = _verdicts(md)
     assert verdicts["better beats the baseline"].startswith("holds: significant in the claimed direction")
     assert verdicts["the baseline beats better"].startswith("does not hold: significant in the opposite direction. small model")
     assert verdicts["noisy beats the baseline"].startswith("inconclusive: the difference is not significant")
@@ -128,8 +133,7 @@ def test_a_claim_is_judged_on_the_pair_alike_in_task_identity(tmp_path):
         "- {claim: oracle beats the baseline, metric: aa, strategy: oracle, than: seq_lora, better: higher}\n")
     leaderboard.regenerate(runs, tmp_path)
     md = (tmp_path / "LEADERBOARD.md").read_text()
-    verdict = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
-               if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    verdict = _verdicts(md)
     assert verdict["better beats the baseline"].startswith("holds: significant in the claimed direction")
     assert verdict["oracle beats the baseline"].startswith("not judged: one of the two used task identity")
 
@@ -167,8 +171,7 @@ def test_settings_pick_the_rows_a_claim_is_judged_on(tmp_path):
         "- {claim: at 7 trials, metric: aa, strategy: better, above: 55, settings: 'tuned: 7 trials on val'}\n")
     leaderboard.regenerate(runs, tmp_path)
     md = (tmp_path / "LEADERBOARD.md").read_text()
-    verdict = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[3] for line in md.splitlines()
-               if line.startswith("| ") and line.count(" | ") == 3 and not line.startswith("| claim")}
+    verdict = _verdicts(md)
     assert verdict["any budget"].startswith("inconclusive: several pairs of configurations")
     assert verdict["any budget above 55"].startswith("inconclusive: several configurations of the strategy")
     assert verdict["at 3 trials"].startswith("holds: significant in the claimed direction")
