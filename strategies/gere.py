@@ -41,6 +41,7 @@ from benchmark.api import IGNORE, final_hidden, is_seq2seq, lm_logits_targets, r
 from strategies.base import Hooks, LoraSettings, OptionError, StrategyConfigError, register
 from strategies.common.checks import check_adapter, check_choice, check_lora, check_range
 from strategies.common.lora import apply_adapter
+from strategies.common.processes import gather_each, own_item
 
 
 LOSSES = ("tm", "ce", "kl", "l1", "l2")
@@ -125,6 +126,7 @@ class GeRe(Hooks):
     def __init__(self, cfg: GeReConfig):
         super().__init__(cfg)
         self.ref: dict[str, torch.Tensor] | None = None
+        self.rngs: list | None = None  # every process's draw state at the last stage's end (several processes)
 
     def prepare_model(self, model, ctx):
         from task_streams import general
@@ -197,10 +199,16 @@ class GeRe(Hooks):
         w = (gen_ce.detach() / term.detach().clamp(min=1e-12)) if self.cfg.weight == "dy" else float(self.cfg.weight)
         return gere_objective(loss, ctx.task_ce, gen_ce, term, p, w)
 
+    def after_stage(self, ctx) -> None:
+        # the checkpoint (main process) holds every process's draws of general passages
+        self.rngs = gather_each(ctx.accelerator, rng_to_json(self.rng))
+
     def state_dict(self):
         tensors = {f"ref/{k}": v for k, v in (self.ref or {}).items()}
-        return tensors, {"rng": rng_to_json(self.rng)}
+        return tensors, {"rng": rng_to_json(self.rng), **({"rngs": self.rngs} if self.rngs else {})}
 
     def load_state_dict(self, tensors, meta, ctx) -> None:
         self.ref = {k[len("ref/"):]: v for k, v in tensors.items() if k.startswith("ref/")} or None
-        rng_from_json(meta["rng"], self.rng)
+        acc = ctx.accelerator
+        own = own_item(meta.get("rngs"), acc.process_index, acc.num_processes, "GeRe's draw state")
+        rng_from_json(meta["rng"] if own is None else own, self.rng)

@@ -148,7 +148,8 @@ def test_settings_pick_the_rows_a_claim_is_judged_on(tmp_path):
     def record(strategy, seed, aa, trials):
         tuning = {"trials": trials, "objective": "aa on val", "val_per_class": 8, "seeds": [1], "sampler": "TPE seed 0",
                   "space": {"trainer.lr": {}}}
-        config = {"seed": seed, "trainer": {"lr": 1e-4 * trials}, "strategy": {"name": strategy}, "tuning": tuning}
+        lr = 1e-4 * trials * (2 if strategy == "seq_lora" else 1)  # each study found its own value
+        config = {"seed": seed, "trainer": {"lr": lr}, "strategy": {"name": strategy}, "tuning": tuning}
         chash = store.config_hash(config, content={})
         rec = _rec(strategy, seed, aa_last=(aa - 5.0, aa + 5.0), chash=chash, run_id=f"{strategy}-{chash}-s{seed}")
         return older({**rec, "config": config, "strategy": {"name": strategy, "config": config["strategy"]}})
@@ -168,7 +169,10 @@ def test_settings_pick_the_rows_a_claim_is_judged_on(tmp_path):
         " settings: ['tuned: 20 trials on val (aa on val)']}\n"
         "- {claim: above 55 at 3 trials, metric: aa, strategy: better, above: 55,"
         " settings: 'tuned: 3 trials on val (aa on val)'}\n"
-        "- {claim: at 7 trials, metric: aa, strategy: better, above: 55, settings: 'tuned: 7 trials on val'}\n")
+        "- {claim: at 7 trials, metric: aa, strategy: better, above: 55, settings: 'tuned: 7 trials on val'}\n"
+        # a setting of the claimed strategy's row alone: its partner is the baseline's row of the same budget
+        "- {claim: at lr 0.002, metric: aa, strategy: better, than: seq_lora, better: higher,"
+        " settings: 'trainer.lr=0.002'}\n")
     leaderboard.regenerate(runs, tmp_path)
     md = (tmp_path / "LEADERBOARD.md").read_text()
     verdict = _verdicts(md)
@@ -177,12 +181,17 @@ def test_settings_pick_the_rows_a_claim_is_judged_on(tmp_path):
     assert verdict["at 3 trials"].startswith("holds: significant in the claimed direction")
     assert verdict["at 20 trials"].startswith("does not hold: significant in the opposite direction")
     assert verdict["above 55 at 3 trials"].startswith("holds: the interval lies above 55")
-    assert verdict["at 7 trials"].startswith("not judged: no row of better has the settings tuned: 7 trials on val")
-    assert "tuned: 20 trials on val (aa on val)" in verdict["at 7 trials"]  # the settings it does have
+    assert verdict["at 7 trials"].startswith("not judged: no row of better has the settings 'tuned: 7 trials on val'")
+    assert '"tuned: 20 trials on val (aa on val)"; "trainer.lr=0.002"' in verdict["at 7 trials"]  # what it has
+    assert verdict["at lr 0.002"].startswith("does not hold: significant in the opposite direction")
 
 
-def test_settings_of_a_claim_must_be_text(tmp_path):
+def test_settings_of_a_claim_must_be_text_and_any_unknown_key_is_named(tmp_path):
     path = tmp_path / "claims.yaml"
-    path.write_text("- {claim: x, metric: aa, strategy: s, below: 1, settings: [3]}")
-    with pytest.raises(claims.ClaimsError, match="'x': settings must be a text or a list of texts, got \\[3\\]"):
+    for bad in ("[3]", "''", "['']", "[]", "{a: b}", "null"):
+        path.write_text(f"- {{claim: x, metric: aa, strategy: s, below: 1, settings: {bad}}}")
+        with pytest.raises(claims.ClaimsError, match="'x': settings must be a non-empty text or a list of them"):
+            claims.load(path)
+    path.write_text("- {claim: x, metric: aa, strategy: s, below: 1, 3: y, foo: z}")  # keys of mixed types
+    with pytest.raises(claims.ClaimsError, match="unknown key"):
         claims.load(path)

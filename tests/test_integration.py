@@ -58,10 +58,12 @@ def _metrics(results: Path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy,port", [("replay", 29541), ("olora", 29542), ("migu", 29543), ("agem", 29544),
-                                           ("progprompt", 29545), ("l2p", 29546), ("ilora", 29548)])
+                                           ("progprompt", 29545), ("l2p", 29546), ("ilora", 29548),
+                                           ("gere", 29549)])
 def test_two_cpu_processes_run_stateful_strategies_like_one(strategy, port, tmp_path):
-    """DDP over gloo for strategies with a buffer (replay; I-LoRA's holds each process's shard), per-task adapters (O-LoRA), gradient masks (MIGU), a
-    reference gradient averaged over processes (A-GEM) and soft prompts placed by hooks (Progressive Prompts, L2P):
+    """DDP over gloo for strategies with a buffer (replay; I-LoRA's holds each process's shard), per-task adapters
+    (O-LoRA), gradient masks (MIGU), a reference gradient averaged over processes (A-GEM), soft prompts placed by
+    hooks (Progressive Prompts, L2P) and per-process draws gathered for the checkpoint (these and GeRe):
     same global batch, same steps, same zero-shot row, and the masks/adapters/buffers agree across ranks well
     enough that the accuracies stay close."""
     one, two = tmp_path / "one", tmp_path / "two"

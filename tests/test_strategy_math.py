@@ -178,17 +178,17 @@ def test_each_process_resumes_its_own_buffer_and_draws():
     from types import SimpleNamespace
 
     cfg = BufferConfig(policy="reservoir", size=4)
-    ranks = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r) for r in (0, 1)]
+    ranks = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r, processes=2) for r in (0, 1)]
     for r, buf in enumerate(ranks):
         buf.add(_items(r, 10), 0)  # each process's own shard
         buf.sample(2)  # draws already made in the stage
-    two = SimpleNamespace(num_processes=2)
     own = [b._own_state("") for b in ranks]
-    for buf in ranks:
-        buf.share(two, gather=lambda mine: own)  # gather_object: one item per process, in rank order
-    tensors, meta = ranks[0].state("b/")  # the main process writes the checkpoint
+    for r, buf in enumerate(ranks):  # gather_object: one item per process, in rank order, on every process
+        buf.share(SimpleNamespace(num_processes=2, is_main_process=r == 0), gather=lambda mine: own)
+    assert ranks[1].shared is None  # only the main process, which writes the checkpoint, keeps them
+    tensors, meta = ranks[0].state("b/")
     assert len(meta["ranks"]) == 2
-    resumed = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r) for r in (0, 1)]
+    resumed = [ReplayBuffer(cfg, n_tasks=1, seed=3, rank=r, processes=2) for r in (0, 1)]
     for buf in resumed:
         buf.load("b/", tensors, meta)
     for before, after in zip(ranks, resumed):
@@ -197,11 +197,42 @@ def test_each_process_resumes_its_own_buffer_and_draws():
     assert resumed[0].items() != resumed[1].items()
     # one process: nothing gathered, the checkpoint keeps the one-process layout
     single = ReplayBuffer(cfg, n_tasks=1, seed=3)
-    single.share(SimpleNamespace(num_processes=1), gather=lambda mine: pytest.fail("gathered on one process"))
+    single.share(SimpleNamespace(num_processes=1, is_main_process=True),
+                 gather=lambda mine: pytest.fail("gathered on one process"))
     assert "ranks" not in single.state("b/")[1]
-    # a third process cannot resume what two saved
-    with pytest.raises(ClbenchError, match="saved by 2 processes: resume with the same number"):
-        ReplayBuffer(cfg, n_tasks=1, seed=3, rank=2).load("b/", tensors, meta)
+    # another number of processes cannot deal the saved buffers out again: one line, either way
+    for processes, saved in ((1, meta), (3, meta), (2, single.state("b/")[1])):
+        with pytest.raises(ClbenchError, match="the replay buffer of this checkpoint was saved by [12] process"):
+            ReplayBuffer(cfg, n_tasks=1, seed=3, rank=0, processes=processes).load("b/", tensors, saved)
+    random.seed(0)
+
+
+def test_gere_resumes_each_process_own_draws_of_general_passages():
+    from types import SimpleNamespace
+
+    from benchmark.api import rng_to_json
+    from strategies.gere import GeRe, GeReConfig
+
+    def rank(r):
+        g = GeRe(GeReConfig())
+        g.rng = random.Random(f"1/{r}")
+        g.rng.random()
+        return g
+
+    procs = [rank(0), rank(1)]
+    states = [rng_to_json(g.rng) for g in procs]
+    from strategies.common import processes
+    for r, g in enumerate(procs):
+        g.rngs = processes.gather_each(SimpleNamespace(num_processes=2), states[r], gather=lambda mine: states)
+    tensors, meta = procs[0].state_dict()
+    for r in (0, 1):
+        fresh = rank(0)  # as a fresh process builds it: then the checkpoint sets its state
+        ctx = SimpleNamespace(accelerator=SimpleNamespace(process_index=r, num_processes=2))
+        fresh.load_state_dict(tensors, meta, ctx)
+        assert fresh.rng.random() == procs[r].rng.random()
+    with pytest.raises(ClbenchError, match="GeRe's draw state of this checkpoint was saved by 2 process"):
+        rank(0).load_state_dict(tensors, meta, SimpleNamespace(accelerator=SimpleNamespace(process_index=0,
+                                                                                            num_processes=1)))
     random.seed(0)
 
 

@@ -8,11 +8,13 @@ A claims file (YAML; the leaderboard reads `claims.yaml` beside the records fold
       strategy: seq_lora                                 # the strategy as recorded (olora_long runs as olora)
       below: -20                                         # or above: X; or than: <strategy> + better: higher|lower
       why: "..."                                         # optional: what may explain a verdict that is not "holds"
-      settings: "tuned: 20 trials on val (aa on val)"    # optional: only rows with these settings (one text or a
-                                                         # list), as the leaderboard's settings column names them
+      settings: "tuned: 20 trials on val (aa on val)"    # optional: the strategy's row with these settings (one
+                                                         # text or a list), entries of the settings column
 
 Without `settings`, a strategy with several rows on the board (two tuning budgets, a task-identity row beside a
-task-agnostic one) leaves a threshold claim inconclusive ("several configurations"); `settings` picks the row.
+task-agnostic one) leaves a threshold claim inconclusive ("several configurations") and a comparison too ("several
+pairs"); `settings` picks the claimed strategy's row, and a comparison pairs it with the `than` row of identical
+settings otherwise (the same tuning budget, for one).
 
 Verdicts, at the leaderboard's 95 % level over seeds:
 - a threshold (`below` / `above`): holds when the row's t-interval lies on the claimed side, does not hold when it
@@ -20,7 +22,8 @@ Verdicts, at the leaderboard's 95 % level over seeds:
 - a comparison (`than`): the paired t-test over the seeds both rows ran (rows of identical settings): holds when
   the difference is significant in the claimed direction, does not hold when it is significant the other way,
   inconclusive otherwise;
-- either: not judged when the board has no records of a strategy the claim names (the reason lists those it has).
+- either: not judged when the board has no records of a strategy the claim names (the reason lists those it has),
+  or no row of the claimed strategy has the claim's settings (the reason lists each row's settings).
 """
 from __future__ import annotations
 
@@ -63,11 +66,11 @@ def _check(i: int, c: Any, where: str) -> dict:
         if k in c and not isinstance(c[k], str):
             raise ClaimsError(f"{where}: {name!r}: {k} must be text, got {c[k]!r}")
     wanted = c.get("settings", "")
-    if "settings" in c and not (isinstance(wanted, str) or isinstance(wanted, list) and wanted
-                                and all(isinstance(w, str) for w in wanted)):
-        raise ClaimsError(f"{where}: {name!r}: settings must be a text or a list of texts, got {wanted!r}")
+    texts = [wanted] if isinstance(wanted, str) else wanted if isinstance(wanted, list) else [None]
+    if "settings" in c and not (texts and all(isinstance(w, str) and w.strip() for w in texts)):
+        raise ClaimsError(f"{where}: {name!r}: settings must be a non-empty text or a list of them, got {wanted!r}")
     unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why",
-                               "settings"})
+                               "settings"}, key=str)
     if unknown:
         raise ClaimsError(f"{where}: {name!r}: unknown key {unknown[0]!r}")
     return c
@@ -102,12 +105,12 @@ def _not_run(c: dict, rows: list[dict]) -> dict | None:
         return {"clbench": "n/a", "verdict": "not judged",
                 "reason": f"no records of {' or '.join(absent)} here (strategies on this board: {', '.join(known) or 'none'})"}
     wanted = _wanted(c)
-    unmatched = [s for s in (c["strategy"], c.get("than")) if s is not None and not _rows(rows, s, wanted)]
-    if not unmatched:
+    if _rows(rows, c["strategy"], wanted):
         return None
-    have = sorted({r.get("settings") or "(none)" for r in _rows(rows, unmatched[0])})
+    have = sorted({"; ".join(f'"{i}"' for i in r.get("setting_items", ())) or "(none)" for r in _rows(rows, c["strategy"])})
     return {"clbench": "n/a", "verdict": "not judged",
-            "reason": f"no row of {unmatched[0]} has the settings {'; '.join(wanted)} (its rows: {' | '.join(have)})"}
+            "reason": f"no row of {c['strategy']} has the settings {'; '.join(repr(w) for w in wanted)} "
+                      f"(its rows' settings: {' | '.join(have)})"}
 
 
 def _threshold(c: dict, rows: list[dict]) -> dict:
@@ -149,8 +152,9 @@ def _power(diff: float, sd: float, n: int, what: str) -> str:
 def _comparison(c: dict, rows: list[dict]) -> dict:
     m = METRICS[c["metric"]]
     metric, s = m.key, m.scale
-    wanted = _wanted(c)
-    pairs = [(a, b) for a in _rows(rows, c["strategy"], wanted) for b in _rows(rows, c["than"], wanted)
+    # settings pick the claimed strategy's row; its partner is the row of identical settings otherwise (`match`,
+    # which also holds the tuning budget): the other strategy's own settings column never names the first's keys
+    pairs = [(a, b) for a in _rows(rows, c["strategy"], _wanted(c)) for b in _rows(rows, c["than"])
              if a["match"] == b["match"]]
     # a row scored with task identity at test is never compared with a task-agnostic one: when a strategy has
     # both kinds of row, the claim is judged on the pair alike in that respect

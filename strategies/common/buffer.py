@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.api import ClbenchError, Encoded, rng_from_json, rng_to_json
+from benchmark.api import Encoded, rng_from_json, rng_to_json
+from strategies.common.processes import gather_each, own_item
 
 
 POLICIES = ("reservoir", "per_task", "fraction")
@@ -38,18 +39,18 @@ class ReplayBuffer:
     rows; rows offered while a task trains (I-LoRA, include_current) are each process's own shard.
 
     Under several processes the checkpoint, written by the main process alone, holds every process's buffer:
-    `share(gather)` collects them at the end of a stage (every process calls it), and `load` gives each process
-    its own back, so that a resumed run draws as the uninterrupted one did."""
+    `share(accelerator)` gathers them at the end of a stage (every process calls it: strategies/common/processes.py)
+    and `load` gives each process its own back, so that a resumed run draws as the uninterrupted one did."""
 
-    def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int, rank: int = 0):
+    def __init__(self, cfg: BufferConfig, n_tasks: int, seed: int, rank: int = 0, processes: int = 1):
         cfg.check("buffer")  # owners check theirs when built; this covers a buffer made directly
-        self.cfg, self.n_tasks, self.rank = cfg, n_tasks, rank
+        self.cfg, self.n_tasks, self.rank, self.processes = cfg, n_tasks, rank, processes
         self.rng = random.Random(seed)
         self.draw_rng = random.Random(f"{seed}/{rank}")
-        self.shared: list[tuple[dict, dict]] | None = None  # every process's state(), from share()
         self.slots: list[Encoded | None] = [] if cfg.policy == "fraction" else [None] * cfg.size
         self.seen = 0  # reservoir: examples offered so far
         self.seen_in_task: dict[int, int] = {}
+        self.shared: list[tuple[dict, dict]] | None = None  # every process's state, from share()
 
     def items(self) -> list[Encoded]:
         return [s for s in self.slots if s is not None]
@@ -96,14 +97,10 @@ class ReplayBuffer:
 
     # -- resume: the buffer as tensors plus JSON --
     def share(self, accelerator, gather=None) -> None:
-        """Collect every process's buffer for the checkpoint (nothing to do on one process). Call it on every
-        process after the stage's last change to the buffer. `gather`: accelerate.utils.gather_object (one item
-        per process, in rank order) unless given."""
-        if accelerator.num_processes < 2:
-            return
-        if gather is None:
-            from accelerate.utils import gather_object as gather
-        self.shared = gather([self._own_state("")])
+        """Gather every process's buffer for the checkpoint, after the stage's last change to it (on every process;
+        nothing to do on one). Only the main process, which writes the checkpoint, keeps them."""
+        shared = gather_each(accelerator, self._own_state(""), gather)
+        self.shared = shared if accelerator.is_main_process else None
 
     def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
         """This process's buffer; after share() under several processes, every process's (`ranks`)."""
@@ -128,12 +125,10 @@ class ReplayBuffer:
                          "rng": rng_to_json(self.rng), "draw_rng": rng_to_json(self.draw_rng)}
 
     def load(self, prefix: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        if "ranks" in meta:
-            if self.rank >= len(meta["ranks"]):
-                raise ClbenchError(f"the checkpoint's replay buffer was saved by {len(meta['ranks'])} processes: "
-                                   f"resume with the same number (this is process {self.rank})")
-            prefix = f"{prefix}rank{self.rank}/"
-            meta = meta["ranks"][self.rank]
+        self.shared = None
+        own = own_item(meta.get("ranks"), self.rank, self.processes, "the replay buffer")
+        if own is not None:
+            prefix, meta = f"{prefix}rank{self.rank}/", own
         self.slots = []
         for i, entry in enumerate(meta["index"]):
             if entry is None:
