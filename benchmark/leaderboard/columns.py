@@ -242,7 +242,8 @@ def explanation(baseline: str, unavailable: list[str] | None = None, unverified:
         f"Power: the smallest difference the paired t-test over the row's paired seeds detects with 80 % power "
         f"(two-sided 0.05) at the observed sd of the paired differences, then how many seeds the observed difference "
         f"would need for 80 % power (noncentral t, benchmark/records/stats.py). A small test set shows up here as a "
-        f"wide detectable difference.",
+        f"wide detectable difference. The seeds needed follow from the observed difference and spread, themselves "
+        f"rough with few seeds: a guide to the next run, not a forecast.",
         "Config: the configuration hash, followed by the settings that set the row apart from the other rows of its "
         "stream, model and strategy. Chat template: whether prompts were wrapped in the tokenizer's chat template "
         "(data.chat_template). Cost: means over seeds.",
