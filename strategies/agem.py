@@ -63,8 +63,7 @@ class AGEM(Hooks):
         self.projected = 0  # optimizer steps whose gradient was projected (logged)
 
     def prepare_model(self, model, ctx):
-        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed,
-                                   ctx.accelerator.process_index, ctx.accelerator.num_processes)
+        self.buffer = ReplayBuffer.for_run(self.cfg.buffer, ctx)
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 
     def reference_gradient(self, ctx, params: list[torch.nn.Parameter]) -> torch.Tensor:

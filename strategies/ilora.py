@@ -76,8 +76,7 @@ class ILoRA(Hooks):
     holds_parameter_refs = True
 
     def prepare_model(self, model, ctx):
-        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed,
-                                   ctx.accelerator.process_index, ctx.accelerator.num_processes)
+        self.buffer = ReplayBuffer.for_run(self.cfg.buffer, ctx)
         model = add_lora(model, self.cfg.lora, FAST)
         model = add_lora(model, self.cfg.lora, SLOW)
         self.fast, self.slow = adapter_weights(model, FAST), adapter_weights(model, SLOW)

@@ -80,8 +80,7 @@ class Replay(Hooks):
         self.buffer: ReplayBuffer | None = None
 
     def prepare_model(self, model, ctx):
-        self.buffer = ReplayBuffer(self.cfg.buffer, len(ctx.stream.tasks), ctx.seed,
-                                   ctx.accelerator.process_index, ctx.accelerator.num_processes)
+        self.buffer = ReplayBuffer.for_run(self.cfg.buffer, ctx)
         return apply_adapter(model, self.cfg.adapter, self.cfg.lora)
 
     def train_items(self, ctx, items):

@@ -65,10 +65,11 @@ def _check(i: int, c: Any, where: str) -> dict:
     for k in ("claim", "paper", "strategy", "than", "why"):  # shown as text and matched as names
         if k in c and not isinstance(c[k], str):
             raise ClaimsError(f"{where}: {name!r}: {k} must be text, got {c[k]!r}")
-    wanted = c.get("settings", "")
-    texts = [wanted] if isinstance(wanted, str) else wanted if isinstance(wanted, list) else [None]
-    if "settings" in c and not (texts and all(isinstance(w, str) and w.strip() for w in texts)):
-        raise ClaimsError(f"{where}: {name!r}: settings must be a non-empty text or a list of them, got {wanted!r}")
+    texts = _wanted(c)  # as the rows are picked by them
+    texts_ok = isinstance(texts, list) and texts and all(isinstance(w, str) and w.strip() for w in texts)
+    if "settings" in c and not texts_ok:
+        raise ClaimsError(f"{where}: {name!r}: settings must be a non-empty text or a list of them, "
+                          f"got {c['settings']!r}")
     unknown = sorted(set(c) - {"claim", "paper", "metric", "strategy", "below", "above", "than", "better", "why",
                                "settings"}, key=str)
     if unknown:

@@ -52,6 +52,12 @@ class ReplayBuffer:
         self.seen_in_task: dict[int, int] = {}
         self.shared: list[tuple[dict, dict]] | None = None  # every process's state, from share()
 
+    @classmethod
+    def for_run(cls, cfg: BufferConfig, ctx) -> "ReplayBuffer":
+        """The buffer of a strategy in a run: seeded by the run seed, drawing as this process."""
+        acc = ctx.accelerator
+        return cls(cfg, len(ctx.stream.tasks), ctx.seed, acc.process_index, acc.num_processes)
+
     def items(self) -> list[Encoded]:
         return [s for s in self.slots if s is not None]
 
